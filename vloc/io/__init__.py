@@ -1,0 +1,1 @@
+"""Readers and writers: images, COLMAP models and camera lines, pose lists, trajectories, kapture."""

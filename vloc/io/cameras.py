@@ -1,0 +1,64 @@
+"""COLMAP camera lines (``MODEL width height params...``) and query lists."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycolmap
+
+
+def camera_from_fields(model: str, width: int, height: int, params: list[float], where: str) -> pycolmap.Camera:
+    """Build a pycolmap camera, checking the model name and its parameter count."""
+    models = {k: v for k, v in pycolmap.CameraModelId.__members__.items() if k != "INVALID"}
+    if model not in models:
+        raise ValueError(f"{where}: unknown camera model {model!r}; valid: {', '.join(models)}")
+    model_id = models[model]
+    camera = pycolmap.Camera(model=model_id, width=int(width), height=int(height))
+    expected = len(camera.params_info.split(","))
+    if len(params) != expected:
+        raise ValueError(f"{where}: {model} takes {expected} parameters ({camera.params_info}), got {len(params)}")
+    camera.params = [float(p) for p in params]
+    return camera
+
+
+def camera_to_fields(camera: pycolmap.Camera) -> list[str]:
+    """The inverse of :func:`camera_from_fields`, as strings for a text line."""
+    return [camera.model.name, str(camera.width), str(camera.height)] + [repr(float(p)) for p in camera.params]
+
+
+def camera_from_dict(d: dict, where: str = "camera") -> pycolmap.Camera:
+    """``{"model": ..., "width": ..., "height": ..., "params": [...]}`` -> pycolmap camera."""
+    missing = [k for k in ("model", "width", "height", "params") if k not in d]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    return camera_from_fields(str(d["model"]), int(d["width"]), int(d["height"]), list(d["params"]), where)
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str
+    camera: pycolmap.Camera | None  # None: intrinsics from EXIF or estimated with the pose
+
+
+def read_queries(path: Path | str) -> list[Query]:
+    """Read ``name MODEL width height params...`` or bare ``name`` lines (``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: query list does not exist")
+    queries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        if len(fields) == 1:
+            queries.append(Query(fields[0], None))
+        elif len(fields) < 5:
+            raise ValueError(f"{where}: expected 'name' or 'name MODEL width height params...', got {line!r}")
+        else:
+            try:
+                width, height, params = int(fields[2]), int(fields[3]), [float(x) for x in fields[4:]]
+            except ValueError:
+                raise ValueError(f"{where}: width, height and params must be numbers: {line!r}") from None
+            queries.append(Query(fields[0], camera_from_fields(fields[1], width, height, params, where)))
+    return queries

@@ -1,0 +1,57 @@
+"""Pose lists ``name qw qx qy qz tx ty tz`` (cam_from_world, COLMAP convention)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+
+def rigid_from_qt(qvec_wxyz: np.ndarray, tvec: np.ndarray) -> pycolmap.Rigid3d:
+    """pycolmap stores quaternions as ``xyzw``; pose files use ``wxyz``."""
+    q = np.asarray(qvec_wxyz, dtype=np.float64)
+    q = q / np.linalg.norm(q)
+    return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([q[1], q[2], q[3], q[0]])), np.asarray(tvec, np.float64))
+
+
+def qt_from_rigid(pose: pycolmap.Rigid3d) -> tuple[np.ndarray, np.ndarray]:
+    """``(qvec_wxyz, tvec)`` of a rigid transform."""
+    x, y, z, w = pose.rotation.quat
+    return np.array([w, x, y, z]), np.asarray(pose.translation, dtype=np.float64)
+
+
+def read_poses(path: Path | str) -> dict[str, pycolmap.Rigid3d]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pose list does not exist")
+    poses = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 8:
+            raise ValueError(f"{path}:{lineno}: expected 'name qw qx qy qz tx ty tz', got {line!r}")
+        try:
+            values = np.array([float(x) for x in fields[1:]])
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: pose values must be numbers: {line!r}") from None
+        poses[fields[0]] = rigid_from_qt(values[:4], values[4:])
+    return poses
+
+
+def format_pose(name: str, pose: pycolmap.Rigid3d) -> str:
+    q, t = qt_from_rigid(pose)
+    return " ".join([name] + [f"{v:.10g}" for v in (*q, *t)])
+
+
+def write_poses(path: Path | str, poses: dict[str, pycolmap.Rigid3d]) -> None:
+    """Write atomically: a reader never sees a half-written list."""
+    write_text_atomic(Path(path), "".join(format_pose(n, p) + "\n" for n, p in poses.items()))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

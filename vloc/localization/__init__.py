@@ -1,0 +1,1 @@
+"""Localization of query images against a map."""

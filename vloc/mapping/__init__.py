@@ -1,0 +1,1 @@
+"""Map building (SfM or triangulation from known poses with pycolmap) and the map directory format."""

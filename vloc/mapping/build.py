@@ -1,0 +1,177 @@
+"""Build a map: features, retrieval pairs, matching, verification, then pycolmap triangulation
+(known poses) or SfM (incremental or global), written atomically as a map directory."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from vloc.config import Preset
+from vloc.io.images import exif_focal_px, list_images
+from vloc.mapping.database import write_database
+from vloc.mapping.extract import Extracted, extract_images
+from vloc.mapping.map_dir import MapData, atomic_map_dir, write_map
+from vloc.matching import make_matcher
+from vloc.matching.verify import verify_known_poses, verify_unknown_poses
+from vloc.retrieval.index import Whitening
+from vloc.retrieval.pairs import select_pairs
+
+logger = logging.getLogger(__name__)
+
+MAPPERS = ("incremental", "global")
+
+
+def read_image_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image list does not exist")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def build_map(
+    images: Path, out: Path, preset: Preset, reference: Path | None = None, image_list: Path | None = None,
+    mapper: str = "incremental", skip_bad_images: bool = False, overwrite: bool = False,
+) -> MapData:
+    """Build the map directory ``out`` from the images under ``images``.
+
+    With ``reference`` (a COLMAP model with posed images), the map holds exactly its images with
+    fixed poses and cameras, and points are triangulated from our matches. Without it, SfM.
+    """
+    images, out = Path(images), Path(out)
+    if mapper not in MAPPERS:
+        raise ValueError(f"Unknown mapper {mapper!r}; valid: {', '.join(MAPPERS)}")
+    ref = None
+    if reference is not None:
+        ref = pycolmap.Reconstruction(str(reference))
+        names = sorted(im.name for im in ref.images.values())
+        if image_list is not None:
+            wanted = set(read_image_list(image_list))
+            names = [n for n in names if n in wanted]
+    elif image_list is not None:
+        names = read_image_list(image_list)
+    else:
+        names = list_images(images)
+    missing = [n for n in names if not (images / n).is_file()]
+    if missing and not skip_bad_images:
+        raise FileNotFoundError(f"{images}: {len(missing)} map images missing, e.g. {missing[:3]}")
+    if len(names) < 2:
+        raise ValueError(f"{images}: need at least 2 map images, found {len(names)}")
+
+    with atomic_map_dir(out, overwrite) as tmp:
+        extracted = extract_images(images, names, preset, skip_bad_images)
+        if reference is not None and extracted.skipped and not skip_bad_images:
+            raise ValueError(f"reference images could not be read: {sorted(extracted.skipped)}")
+        names = [n for n in names if n in extracted.features]
+        whitening = Whitening.learn(np.stack([extracted.global_desc[n] for n in names]), preset.global_desc.pca_dim)
+        pairs = select_pairs(whitening(np.stack([extracted.global_desc[n] for n in names])),
+                             preset.pairs.num_retrieved, preset.pairs.num_sequential)
+        logger.info("%d images, %d pairs", len(names), len(pairs))
+        with tempfile.TemporaryDirectory(dir=tmp) as work:
+            db_path = Path(work) / "database.db"
+            if ref is not None:
+                rec = _triangulate(ref, names, pairs, extracted, preset, db_path, images)
+            else:
+                rec = _sfm(names, pairs, extracted, preset, db_path, images, Path(work), mapper)
+        data = _map_data(rec, extracted, whitening, preset, reference, mapper)
+        write_map(tmp, data)
+    logger.info("map written to %s: %s", out, data.manifest.get("summary"))
+    return data
+
+
+def _match_and_verify(names, pairs, extracted, preset, verify) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    matcher = make_matcher(preset.matcher)
+    result = {}
+    for i, j in tqdm(pairs, desc="match", unit="pair"):
+        f1, f2 = extracted.features[names[i]], extracted.features[names[j]]
+        matches = matcher(f1.descriptors, f2.descriptors)
+        inliers = verify(i, j, f1.keypoints, f2.keypoints, matches)
+        if len(inliers) >= preset.verify.min_inliers:
+            result[(i, j)] = (matches, inliers)
+    logger.info("%d of %d pairs verified", len(result), len(pairs))
+    return result
+
+
+def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> pycolmap.Reconstruction:
+    by_name = {im.name: im for im in ref.images.values()}
+    for name, im in list(by_name.items()):
+        if name not in extracted.features:
+            ref.deregister_frame(im.frame_id)  # skipped bad image: keep the others fixed
+    ids = [by_name[n].image_id for n in names]
+
+    def verify(i, j, kp1, kp2, matches):
+        a, b = by_name[names[i]], by_name[names[j]]
+        return verify_known_poses(kp1, kp2, matches, ref.cameras[a.camera_id], ref.cameras[b.camera_id],
+                                  a.cam_from_world(), b.cam_from_world(), preset.verify)
+
+    verified = _match_and_verify(names, pairs, extracted, preset, verify)
+    write_database(
+        db_path, {cid: cam for cid, cam in ref.cameras.items()},
+        {by_name[n].image_id: (n, by_name[n].camera_id) for n in by_name},
+        {by_name[n].image_id: (extracted.features[n].keypoints if n in extracted.features else np.zeros((0, 2)))
+         for n in by_name},
+        {(ids[i], ids[j]): v for (i, j), v in verified.items()})
+    empty = pycolmap.Reconstruction(ref)
+    empty.delete_all_points2D_and_points3D()
+    with tempfile.TemporaryDirectory(dir=db_path.parent) as out:
+        rec = pycolmap.triangulate_points(empty, str(db_path), str(image_dir), out)
+    return rec
+
+
+def _default_camera(name: str, size: tuple[int, int], image_dir: Path) -> pycolmap.Camera:
+    width, height = size
+    focal = exif_focal_px(image_dir / name)
+    prior = focal is not None
+    if focal is None:
+        focal = 1.2 * max(width, height)
+    camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
+                             params=[focal, width / 2, height / 2, 0.0])
+    camera.has_prior_focal_length = prior
+    return camera
+
+
+def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
+    cameras = {i + 1: _default_camera(n, extracted.features[n].image_size, image_dir) for i, n in enumerate(names)}
+
+    def verify(i, j, kp1, kp2, matches):
+        return verify_unknown_poses(kp1, kp2, matches, cameras[i + 1], cameras[j + 1], preset.verify)
+
+    verified = _match_and_verify(names, pairs, extracted, preset, verify)
+    write_database(db_path, cameras, {i + 1: (n, i + 1) for i, n in enumerate(names)},
+                   {i + 1: extracted.features[n].keypoints for i, n in enumerate(names)},
+                   {(i + 1, j + 1): v for (i, j), v in verified.items()})
+    out = work / "sfm"
+    out.mkdir()
+    if mapper == "global":
+        models = pycolmap.global_mapping(str(db_path), str(image_dir), str(out))
+    else:
+        models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out))
+    if not models:
+        raise RuntimeError(f"SfM registered no images out of {len(names)}: too few verified pairs "
+                           f"({len(verified)} of {len(pairs)})")
+    sizes = {k: m.num_reg_images() for k, m in models.items()}
+    best = max(sizes, key=sizes.get)
+    logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)
+    return models[best]
+
+
+def _map_data(rec, extracted: Extracted, whitening, preset, reference, mapper) -> MapData:
+    point3D_ids, features = {}, {}
+    for image in rec.images.values():
+        if not image.has_pose:
+            continue
+        feats = extracted.features[image.name]
+        ids = np.full(len(feats), -1, np.int64)
+        for idx, p in enumerate(image.points2D):
+            if p.has_point3D():
+                ids[idx] = p.point3D_id
+        features[image.name], point3D_ids[image.name] = feats, ids
+    names = sorted(features)
+    raw = np.stack([extracted.global_desc[n] for n in names])
+    manifest = dict(preset=preset.to_dict(), source=dict(
+        mode="triangulation" if reference else f"sfm-{mapper}", reference=str(reference) if reference else None,
+        skipped_images=extracted.skipped, unregistered_images=sorted(set(extracted.features) - set(names))),
+        summary=f"{rec.num_reg_images()} images, {rec.num_points3D()} points3D")
+    return MapData(rec, features, point3D_ids, names, raw, whitening, manifest)

@@ -1,0 +1,59 @@
+"""Two-view geometric verification of matches.
+
+- :func:`verify_known_poses`: both poses are known (triangulation from a reference model):
+  keep matches whose Sampson distance to the epipolar geometry is small.
+- :func:`verify_unknown_poses`: pycolmap's robust two-view estimation (E/F/H, LO-RANSAC).
+Keypoints are in COLMAP's pixel convention.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pycolmap
+
+from vloc.config import VerifyConf
+
+
+def _skew(t: np.ndarray) -> np.ndarray:
+    return np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+
+
+def verify_known_poses(
+    kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray,
+    camera1: pycolmap.Camera, camera2: pycolmap.Camera,
+    cam1_from_world: pycolmap.Rigid3d, cam2_from_world: pycolmap.Rigid3d,
+    conf: VerifyConf,
+) -> np.ndarray:
+    """Inlier subset ``(L, 2)`` of ``matches`` ``(K, 2)`` under the known relative pose."""
+    if len(matches) == 0:
+        return matches.reshape(0, 2)
+    cam2_from_cam1 = cam2_from_world * cam1_from_world.inverse()
+    essential = _skew(cam2_from_cam1.translation) @ cam2_from_cam1.rotation.matrix()
+    x1 = camera1.cam_from_img(kp1[matches[:, 0]].astype(np.float64))
+    x2 = camera2.cam_from_img(kp2[matches[:, 1]].astype(np.float64))
+    x1h = np.hstack([x1, np.ones((len(x1), 1))])
+    x2h = np.hstack([x2, np.ones((len(x2), 1))])
+    ex1 = x1h @ essential.T
+    etx2 = x2h @ essential
+    num = np.sum(x2h * ex1, axis=1) ** 2
+    den = ex1[:, 0] ** 2 + ex1[:, 1] ** 2 + etx2[:, 0] ** 2 + etx2[:, 1] ** 2
+    sampson = num / np.maximum(den, 1e-20)
+    focal = 0.5 * (camera1.mean_focal_length() + camera2.mean_focal_length())
+    keep = np.sqrt(sampson) * focal <= conf.max_error_px
+    return matches[keep]
+
+
+def verify_unknown_poses(
+    kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray,
+    camera1: pycolmap.Camera, camera2: pycolmap.Camera, conf: VerifyConf,
+) -> np.ndarray:
+    """Inlier subset ``(L, 2)`` of ``matches`` from pycolmap's two-view geometry estimation."""
+    if len(matches) < conf.min_inliers:
+        return matches[:0].reshape(0, 2)
+    options = pycolmap.TwoViewGeometryOptions()
+    options.ransac.max_error = conf.max_error_px
+    options.min_num_inliers = conf.min_inliers
+    geometry = pycolmap.estimate_two_view_geometry(
+        camera1, kp1.astype(np.float64), camera2, kp2.astype(np.float64),
+        matches.astype(np.uint32), options)
+    inliers = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
+    return inliers if len(inliers) >= conf.min_inliers else inliers[:0]

@@ -1,0 +1,1 @@
+"""Plain-torch networks and their weight loading (no torchvision, nothing downloaded)."""
