@@ -29,7 +29,7 @@ class SiftExtractor:
             return Features.empty(self.dim, (width, height))
         kps, desc = kps[: self.conf.max_keypoints], desc[: self.conf.max_keypoints]
         # OpenCV puts the top-left pixel centre at (0, 0); COLMAP at (0.5, 0.5).
-        xy = np.array([k.pt for k in kps], dtype=np.float32)
+        xy = cv2.KeyPoint_convert(kps).astype(np.float32)
         xy = (xy + 0.5) / np.array([gray.shape[1] / width, gray.shape[0] / height], np.float32)
         scores = np.array([k.response for k in kps], dtype=np.float32)
         desc = desc.astype(np.float32)

@@ -1,0 +1,36 @@
+# Two entry points: `make demo` and `make test`. Both set up everything on a fresh machine first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps bench clean
+
+demo: $(STAMP)
+	$(BIN)/vloc demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+# open3d needs libusb-1.0-0 (Debian). Installed when running as root, else a clear message.
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 >/dev/null) \
+		|| { echo "could not install libusb-1.0-0 with apt-get" >&2; exit 1; }; \
+	else echo "open3d needs the Debian package libusb-1.0-0: run 'sudo apt-get install libusb-1.0-0'" >&2; exit 1; fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/localization.py
+
+clean:
+	rm -rf $(VENV) outputs

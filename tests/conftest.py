@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data comes from ``$VLOC_DATA`` (default ``../shared/data``): missing data
+fails under CI (``CI`` set) and skips elsewhere."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from vloc.config import get_preset
+from vloc.io.datasets import PreparedSet, open_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VLOC_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"test data missing under CI: {path} (set VLOC_DATA)")
+        pytest.skip(f"test data not found: {path} (set VLOC_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _require(DATA)
+
+
+def prepared(name: str) -> PreparedSet:
+    return open_prepared(_require(DATA / "prepared" / name))
+
+
+@pytest.fixture(scope="session")
+def kitti() -> PreparedSet:
+    return prepared("kitti")
+
+
+@pytest.fixture(scope="session")
+def virtual_gallery() -> PreparedSet:
+    return prepared("virtual_gallery")
+
+
+def _build(ds: PreparedSet, out: Path) -> Path:
+    from vloc.mapping.build import build_map
+
+    build_map(ds.images, out, get_preset("sift"), reference=ds.ref_model)
+    return out
+
+
+@pytest.fixture(scope="session")
+def kitti_map(kitti, tmp_path_factory) -> Path:
+    return _build(kitti, tmp_path_factory.mktemp("maps") / "kitti")
+
+
+@pytest.fixture(scope="session")
+def vg_map(virtual_gallery, tmp_path_factory) -> Path:
+    return _build(virtual_gallery, tmp_path_factory.mktemp("maps") / "virtual_gallery")

@@ -1,0 +1,128 @@
+"""Accuracy on real images (../shared/data) and the failure paths a user meets."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from vloc.cli import main
+from vloc.config import get_preset
+from vloc.evaluation.metrics import evaluate
+from vloc.io.poses import read_poses
+from vloc.localization.localizer import Localizer
+from vloc.mapping.map_dir import MANIFEST, MapFormatError, load_map
+
+
+def run_localize(map_dir: Path, ds, out: Path, queries: Path | None = None, images: Path | None = None):
+    assert main(["localize", "--map", str(map_dir), "--queries", str(queries or ds.queries),
+                 "--images", str(images or ds.images), "--out", str(out)]) == 0
+    return read_poses(out), json.loads(out.with_suffix(".json").read_text())
+
+
+def test_triangulated_map_keeps_reference_poses(kitti, kitti_map):
+    data = load_map(kitti_map)
+    ref = pycolmap.Reconstruction(str(kitti.ref_model))
+    assert data.reconstruction.num_reg_images() == ref.num_reg_images() == 10
+    assert data.reconstruction.num_points3D() > 1000
+    ours = {im.name: im.cam_from_world() for im in data.reconstruction.images.values()}
+    for im in ref.images.values():
+        np.testing.assert_allclose(ours[im.name].matrix(), im.cam_from_world().matrix(), atol=1e-9)
+    name = data.global_names[0]
+    ids = data.point3D_ids[name]
+    assert len(ids) == len(data.features[name]) and (ids >= 0).sum() > 100
+    assert data.manifest["preset"]["name"] == "sift" and data.manifest["counts"]["images"] == 10
+
+
+def test_kitti_accuracy(kitti, kitti_map, tmp_path):
+    poses, log = run_localize(kitti_map, kitti, tmp_path / "poses.txt")
+    summary = evaluate(poses, read_poses(kitti.gt))
+    assert summary.localized == 10
+    assert summary.median_t <= 0.03 and summary.median_r <= 0.15
+    q = log["queries"][0]
+    assert q["status"] == "localized" and q["num_inliers"] >= 20 and set(q["timings"]) >= {"features", "match", "pose"}
+
+
+def test_virtual_gallery_accuracy(virtual_gallery, vg_map, tmp_path):
+    poses, _ = run_localize(vg_map, virtual_gallery, tmp_path / "poses.txt")
+    summary = evaluate(poses, read_poses(virtual_gallery.gt))
+    assert summary.localized == 4
+    assert summary.median_t <= 0.01 and summary.median_r <= 0.1
+
+
+def test_bad_queries_fail_with_reasons_and_others_localize(kitti, kitti_map, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(kitti.images, images)
+    good = (images / "000101.png").read_bytes()
+    (images / "000103.png").write_bytes(good[: len(good) // 3])  # truncated
+    from PIL import Image
+    Image.new("L", (1241, 376), 128).save(images / "000105.png")  # textureless
+    lines = kitti.queries.read_text().splitlines()[:4] + ["missing.png PINHOLE 1241 376 718.856 718.856 607.19 185.22"]
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(lines) + "\n")
+    poses, log = run_localize(kitti_map, kitti, tmp_path / "poses.txt", queries, images)
+    status = {q["name"]: q for q in log["queries"]}
+    assert set(poses) == {"000101.png", "000107.png"}
+    assert "unreadable image" in status["000103.png"]["reason"] and "000103.png" in status["000103.png"]["reason"]
+    assert "too few" in status["000105.png"]["reason"]
+    assert "no such image file" in status["missing.png"]["reason"]
+    assert log["localized"] == 2 and log["total"] == 5
+
+
+def test_query_without_intrinsics_estimates_focal(kitti, kitti_map, tmp_path):
+    queries = tmp_path / "q.txt"
+    queries.write_text("000109.png\n")
+    poses, log = run_localize(kitti_map, kitti, tmp_path / "poses.txt", queries)
+    q = log["queries"][0]
+    assert q["intrinsics"] == "estimated" and q["status"] == "localized"
+    assert q["camera"]["params"][0] == pytest.approx(718.856, rel=0.03)
+    dt, dr = evaluate(poses, {"000109.png": read_poses(kitti.gt)["000109.png"]}).errors["000109.png"]
+    # The principal point is assumed at the image centre, 13 px (~1 deg) off the true one here;
+    # focal and depth trade off along the forward-looking axis.
+    assert dt < 0.3 and dr < 2.0
+
+
+def test_bad_map_image_stops_or_is_skipped(kitti, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(kitti.images, images)
+    (images / "000104.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out = tmp_path / "map"
+    assert main(["map", "build", "--images", str(images), "--out", str(out), "--reference", str(kitti.ref_model)]) == 2
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".map.partial")]
+    assert main(["map", "build", "--images", str(images), "--out", str(out), "--reference", str(kitti.ref_model),
+                 "--skip-bad-images"]) == 0
+    data = load_map(out)
+    assert "000104.png" in data.manifest["source"]["skipped_images"]
+    assert "000104.png" not in data.global_names and len(data.global_names) == 9
+
+
+def test_map_from_other_version_or_config_is_refused(kitti_map, tmp_path):
+    copy = tmp_path / "map"
+    shutil.copytree(kitti_map, copy)
+    with pytest.raises(ValueError, match="features"):
+        Localizer.load(copy, get_preset("sift-fast"))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["format_version"] = 999
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(MapFormatError, match="format version 999"):
+        Localizer.load(copy)
+    with pytest.raises(MapFormatError, match="not a vloc map"):
+        load_map(tmp_path)
+
+
+def test_eval_and_info_commands(kitti, kitti_map, tmp_path, capsys):
+    poses = tmp_path / "poses.txt"
+    gt = read_poses(kitti.gt)
+    from vloc.io.poses import write_poses
+    write_poses(poses, {n: p for n, p in list(gt.items())[:5]})
+    assert main(["eval", "--poses", str(poses), "--gt", str(kitti.gt), "--thresholds", "0.25,2", "1,10"]) == 0
+    out = capsys.readouterr().out
+    assert "localized: 5/10" in out and "within (0.25, 2.0 deg): 50.0%" in out
+    summary = json.loads(poses.with_suffix(".eval.json").read_text())
+    assert summary["localized"] == 5 and summary["recall"]["1.0m,10.0deg"] == 0.5
+    assert main(["info", str(kitti_map)]) == 0
+    assert "10 images" in capsys.readouterr().out

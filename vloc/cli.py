@@ -1,0 +1,153 @@
+"""The ``vloc`` command: parse arguments, configure logging, call the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vloc.config import DEFAULT_PRESET, PRESETS
+from vloc.evaluation.metrics import DEFAULT_THRESHOLDS
+
+logger = logging.getLogger("vloc")
+
+
+def _thresholds(values: list[str]) -> tuple[tuple[float, float], ...]:
+    out = []
+    for v in values:
+        try:
+            t, r = (float(x) for x in v.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"threshold {v!r} is not 'translation,degrees'") from None
+        out.append((t, r))
+    return tuple(out)
+
+
+def cmd_map_build(args: argparse.Namespace) -> int:
+    from vloc.config import PairsConf, get_preset
+    from vloc.mapping.build import build_map
+
+    preset = get_preset(args.preset)
+    if args.retrieval_k is not None or args.sequential is not None:
+        preset = preset.with_overrides(pairs=PairsConf(
+            num_retrieved=preset.pairs.num_retrieved if args.retrieval_k is None else args.retrieval_k,
+            num_sequential=preset.pairs.num_sequential if args.sequential is None else args.sequential))
+    data = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
+                     mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite)
+    print(f"{args.out}: {data.manifest['summary']}")
+    return 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    from vloc.io.cameras import read_queries
+    from vloc.localization.batch import localize_queries, log_path_for
+    from vloc.localization.localizer import Localizer
+
+    queries = read_queries(args.queries)
+    localizer = Localizer.load(args.map, args.preset)
+    results = localize_queries(localizer, queries, args.images, args.out)
+    ok = sum(r.success for r in results)
+    print(f"localized {ok}/{len(results)}; poses: {args.out}; log: {log_path_for(args.out)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vloc.evaluation.metrics import evaluate
+    from vloc.io.poses import read_poses, write_text_atomic
+
+    summary = evaluate(read_poses(args.poses), read_poses(args.gt), args.thresholds)
+    print(summary.format())
+    out = args.out or args.poses.with_suffix(".eval.json")
+    write_text_atomic(out, json.dumps(summary.to_dict(), indent=1, default=float))
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vloc.demo.run import run_demo
+
+    return 0 if run_demo(args.out, args.preset) else 1
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from vloc.mapping.map_dir import read_manifest
+
+    manifest = read_manifest(args.map)
+    print(json.dumps({k: manifest[k] for k in ("summary", "counts", "source", "vloc_version", "pycolmap_version",
+                                                "created") if k in manifest}, indent=1))
+    print(f"preset: {manifest['preset']['name']}  features: {manifest['preset']['features']}  "
+          f"global: {manifest['preset']['global_desc']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vloc", description="Visual localization against prebuilt maps.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also pycolmap's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    presets = dict(choices=sorted(PRESETS), help="named configuration (default: %(default)s)")
+
+    mp = sub.add_parser("map", help="build and inspect maps").add_subparsers(dest="map_command", required=True)
+    b = mp.add_parser("build", help="build a map from images (SfM, or triangulation with --reference)")
+    b.add_argument("--images", type=Path, required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--reference", type=Path, help="COLMAP model with known poses and cameras")
+    b.add_argument("--image-list", type=Path, help="file with one image name per line")
+    b.add_argument("--preset", default=DEFAULT_PRESET, **presets)
+    b.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
+    b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval")
+    b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
+    b.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images with a warning "
+                   "instead of stopping")
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=cmd_map_build)
+
+    loc = sub.add_parser("localize", help="localize query images against a map")
+    loc.add_argument("--map", type=Path, required=True)
+    loc.add_argument("--queries", type=Path, required=True, help="'name MODEL w h params...' or 'name' per line")
+    loc.add_argument("--images", type=Path, required=True)
+    loc.add_argument("--out", type=Path, required=True, help="pose list; the JSON log goes beside it")
+    loc.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
+    loc.set_defaults(func=cmd_localize)
+
+    ev = sub.add_parser("eval", help="compare a pose list with ground truth")
+    ev.add_argument("--poses", type=Path, required=True)
+    ev.add_argument("--gt", type=Path, required=True)
+    ev.add_argument("--thresholds", type=str, nargs="+", default=[f"{t},{r}" for t, r in DEFAULT_THRESHOLDS],
+                    help="'metres,degrees' pairs (default: %(default)s)")
+    ev.add_argument("--out", type=Path, help="JSON summary (default: POSES with suffix .eval.json)")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="render the embedded scene, build its map, localize its queries")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    demo.add_argument("--preset", default=DEFAULT_PRESET, **presets)
+    demo.set_defaults(func=cmd_demo)
+
+    info = sub.add_parser("info", help="say what a map holds")
+    info.add_argument("map", type=Path)
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 0 if verbose else 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "thresholds", None) is not None:
+        args.thresholds = _thresholds(args.thresholds)
+    configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
