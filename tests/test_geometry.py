@@ -44,11 +44,13 @@ def test_verify_known_poses_keeps_true_matches_and_rejects_outliers():
     true = np.stack([np.arange(300), np.arange(300)], 1)
     wrong = np.stack([np.arange(300, 400), rng.permutation(np.arange(300, 400))], 1)
     matches = np.concatenate([true, wrong])
-    inliers = verify_known_poses(kp1, kp2, matches, camera, camera, p1, p2, VerifyConf(max_error_px=2.0))
-    kept = {tuple(m) for m in inliers}
+    geometry = verify_known_poses(kp1, kp2, matches, camera, camera, p1, p2, VerifyConf(max_error_px=2.0))
+    kept = {tuple(m) for m in np.asarray(geometry.inlier_matches)}
+    np.testing.assert_allclose(geometry.cam2_from_cam1.matrix(), (p2 * p1.inverse()).matrix(), atol=1e-12)
     assert all(tuple(m) in kept for m in true)  # no true match lost
     assert sum(tuple(m) in kept for m in wrong) <= 5  # random pairs rarely lie on the epipolar line
-    assert len(verify_known_poses(kp1, kp2, matches[:0], camera, camera, p1, p2, VerifyConf())) == 0
+    empty = verify_known_poses(kp1, kp2, matches[:0], camera, camera, p1, p2, VerifyConf())
+    assert len(np.asarray(empty.inlier_matches).reshape(-1, 2)) == 0
 
 
 def test_absolute_pose_exact_with_known_and_unknown_focal():

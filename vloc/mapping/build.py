@@ -16,7 +16,7 @@ from vloc.mapping.database import write_database
 from vloc.mapping.extract import Extracted, extract_images
 from vloc.mapping.map_dir import MapData, atomic_map_dir, write_map
 from vloc.matching import make_matcher
-from vloc.matching.verify import verify_known_poses, verify_unknown_poses
+from vloc.matching.verify import num_inliers, verify_known_poses, verify_unknown_poses
 from vloc.retrieval.index import Whitening
 from vloc.retrieval.pairs import select_pairs
 
@@ -81,15 +81,15 @@ def build_map(
     return data
 
 
-def _match_and_verify(names, pairs, extracted, preset, verify) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+def _match_and_verify(names, pairs, extracted, preset, verify) -> dict[tuple[int, int], tuple[np.ndarray, pycolmap.TwoViewGeometry]]:
     matcher = make_matcher(preset.matcher)
     result = {}
     for i, j in tqdm(pairs, desc="match", unit="pair"):
         f1, f2 = extracted.features[names[i]], extracted.features[names[j]]
         matches = matcher(f1.descriptors, f2.descriptors)
-        inliers = verify(i, j, f1.keypoints, f2.keypoints, matches)
-        if len(inliers) >= preset.verify.min_inliers:
-            result[(i, j)] = (matches, inliers)
+        geometry = verify(i, j, f1.keypoints, f2.keypoints, matches)
+        if num_inliers(geometry) >= preset.verify.min_inliers:
+            result[(i, j)] = (matches, geometry)
     logger.info("%d of %d pairs verified", len(result), len(pairs))
     return result
 
@@ -120,26 +120,36 @@ def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> py
     return rec
 
 
-def _default_camera(name: str, size: tuple[int, int], image_dir: Path) -> pycolmap.Camera:
-    width, height = size
-    focal = exif_focal_px(image_dir / name)
-    prior = focal is not None
-    if focal is None:
-        focal = 1.2 * max(width, height)
-    camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
-                             params=[focal, width / 2, height / 2, 0.0])
-    camera.has_prior_focal_length = prior
-    return camera
+def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolmap.Camera], list[int]]:
+    """One SIMPLE_RADIAL camera per group of images with the same size and EXIF focal length
+    (COLMAP's automatic camera mode): a shared camera makes focal refinement far more stable.
+    The focal prior is the EXIF one when present, else 1.2 * max(width, height)."""
+    groups: dict[tuple, int] = {}
+    cameras: dict[int, pycolmap.Camera] = {}
+    camera_of_image = []
+    for name in names:
+        width, height = extracted.features[name].image_size
+        focal = exif_focal_px(image_dir / name)
+        key = (width, height, None if focal is None else round(focal, 1))
+        if key not in groups:
+            groups[key] = len(groups) + 1
+            camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
+                                     params=[focal or 1.2 * max(width, height), width / 2, height / 2, 0.0])
+            camera.has_prior_focal_length = focal is not None
+            cameras[groups[key]] = camera
+        camera_of_image.append(groups[key])
+    logger.info("%d images share %d camera(s)", len(names), len(cameras))
+    return cameras, camera_of_image
 
 
 def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
-    cameras = {i + 1: _default_camera(n, extracted.features[n].image_size, image_dir) for i, n in enumerate(names)}
+    cameras, camera_of = _shared_cameras(names, extracted, image_dir)
 
     def verify(i, j, kp1, kp2, matches):
-        return verify_unknown_poses(kp1, kp2, matches, cameras[i + 1], cameras[j + 1], preset.verify)
+        return verify_unknown_poses(kp1, kp2, matches, cameras[camera_of[i]], cameras[camera_of[j]], preset.verify)
 
     verified = _match_and_verify(names, pairs, extracted, preset, verify)
-    write_database(db_path, cameras, {i + 1: (n, i + 1) for i, n in enumerate(names)},
+    write_database(db_path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
                    {i + 1: extracted.features[n].keypoints for i, n in enumerate(names)},
                    {(i + 1, j + 1): v for (i, j), v in verified.items()})
     out = work / "sfm"

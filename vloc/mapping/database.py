@@ -12,7 +12,7 @@ def write_database(
     cameras: dict[int, pycolmap.Camera],
     images: dict[int, tuple[str, int]],
     keypoints: dict[int, np.ndarray],
-    verified: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    verified: dict[tuple[int, int], tuple[np.ndarray, pycolmap.TwoViewGeometry]],
 ) -> None:
     """Create ``path`` from scratch.
 
@@ -21,7 +21,7 @@ def write_database(
         images: image_id -> (name, camera_id). Each image gets a frame with the same id, as
             pycolmap does when it reads a model without rigs.
         keypoints: image_id -> ``(N, 2)`` float32, COLMAP pixel convention.
-        verified: (image_id1, image_id2) -> (raw matches ``(K, 2)``, inlier matches ``(L, 2)``).
+        verified: (image_id1, image_id2) -> (raw matches ``(K, 2)``, verified geometry).
     """
     if path.exists():
         path.unlink()
@@ -43,11 +43,8 @@ def write_database(
                 sensor_id=pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=camera_id), id=image_id))
             db.write_frame(frame, use_frame_id=True)
             db.write_keypoints(image_id, np.ascontiguousarray(keypoints[image_id], dtype=np.float32))
-        for (id1, id2), (raw, inliers) in verified.items():
+        for (id1, id2), (raw, geometry) in verified.items():
             db.write_matches(id1, id2, np.ascontiguousarray(raw, dtype=np.uint32))
-            geometry = pycolmap.TwoViewGeometry()
-            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-            geometry.inlier_matches = np.ascontiguousarray(inliers, dtype=np.uint32)
             db.write_two_view_geometry(id1, id2, geometry)
     finally:
         db.close()

@@ -3,7 +3,8 @@
 - :func:`verify_known_poses`: both poses are known (triangulation from a reference model):
   keep matches whose Sampson distance to the epipolar geometry is small.
 - :func:`verify_unknown_poses`: pycolmap's robust two-view estimation (E/F/H, LO-RANSAC).
-Keypoints are in COLMAP's pixel convention.
+Both return a ``pycolmap.TwoViewGeometry`` (inlier matches, relative pose, configuration), which
+is what COLMAP's mappers read from the database. Keypoints are in COLMAP's pixel convention.
 """
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ def verify_known_poses(
     camera1: pycolmap.Camera, camera2: pycolmap.Camera,
     cam1_from_world: pycolmap.Rigid3d, cam2_from_world: pycolmap.Rigid3d,
     conf: VerifyConf,
-) -> np.ndarray:
-    """Inlier subset ``(L, 2)`` of ``matches`` ``(K, 2)`` under the known relative pose."""
-    if len(matches) == 0:
-        return matches.reshape(0, 2)
+) -> pycolmap.TwoViewGeometry:
+    """Keep the matches ``(K, 2)`` consistent with the known relative pose."""
     cam2_from_cam1 = cam2_from_world * cam1_from_world.inverse()
     essential = _skew(cam2_from_cam1.translation) @ cam2_from_cam1.rotation.matrix()
+    geometry = pycolmap.TwoViewGeometry()
+    geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    geometry.cam2_from_cam1 = cam2_from_cam1
+    geometry.E = essential
+    if len(matches) == 0:
+        geometry.inlier_matches = np.zeros((0, 2), np.uint32)
+        return geometry
     x1 = camera1.cam_from_img(kp1[matches[:, 0]].astype(np.float64))
     x2 = camera2.cam_from_img(kp2[matches[:, 1]].astype(np.float64))
     x1h = np.hstack([x1, np.ones((len(x1), 1))])
@@ -39,21 +45,26 @@ def verify_known_poses(
     sampson = num / np.maximum(den, 1e-20)
     focal = 0.5 * (camera1.mean_focal_length() + camera2.mean_focal_length())
     keep = np.sqrt(sampson) * focal <= conf.max_error_px
-    return matches[keep]
+    geometry.inlier_matches = np.ascontiguousarray(matches[keep], dtype=np.uint32)
+    return geometry
 
 
 def verify_unknown_poses(
     kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray,
     camera1: pycolmap.Camera, camera2: pycolmap.Camera, conf: VerifyConf,
-) -> np.ndarray:
-    """Inlier subset ``(L, 2)`` of ``matches`` from pycolmap's two-view geometry estimation."""
+) -> pycolmap.TwoViewGeometry:
+    """pycolmap's two-view geometry estimation; no inliers when there are too few matches."""
     if len(matches) < conf.min_inliers:
-        return matches[:0].reshape(0, 2)
+        geometry = pycolmap.TwoViewGeometry()
+        geometry.inlier_matches = np.zeros((0, 2), np.uint32)
+        return geometry
     options = pycolmap.TwoViewGeometryOptions()
     options.ransac.max_error = conf.max_error_px
     options.min_num_inliers = conf.min_inliers
-    geometry = pycolmap.estimate_two_view_geometry(
-        camera1, kp1.astype(np.float64), camera2, kp2.astype(np.float64),
-        matches.astype(np.uint32), options)
-    inliers = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
-    return inliers if len(inliers) >= conf.min_inliers else inliers[:0]
+    options.compute_relative_pose = True  # the incremental mapper initialises from it
+    return pycolmap.estimate_two_view_geometry(
+        camera1, kp1.astype(np.float64), camera2, kp2.astype(np.float64), matches.astype(np.uint32), options)
+
+
+def num_inliers(geometry: pycolmap.TwoViewGeometry) -> int:
+    return len(np.asarray(geometry.inlier_matches).reshape(-1, 2))

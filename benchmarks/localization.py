@@ -1,0 +1,77 @@
+"""Per-query localization time by stage, and accuracy, on the prepared GT sets and the demo scene.
+
+    python benchmarks/localization.py [--preset sift] [--sets kitti virtual_gallery demo] [--data ../shared/data]
+
+Maps are built by triangulation from the ground-truth poses of each set's map images, then one
+warm Localizer localizes every query (the first query is also timed: there is no warm-up). Prints
+one table with the median time per stage and the accuracy per set.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vloc.config import DEFAULT_PRESET, PRESETS, get_preset
+from vloc.evaluation.metrics import evaluate
+from vloc.io.cameras import read_queries
+from vloc.io.datasets import open_prepared
+from vloc.io.poses import read_poses
+from vloc.localization.localizer import Localizer
+from vloc.mapping.build import build_map
+
+STAGES = ("read", "global", "features", "match", "pose")
+
+
+def run_set(name: str, root: Path, preset_name: str, work: Path) -> dict:
+    ds = open_prepared(root)
+    t = time.perf_counter()
+    build_map(ds.images, work / name, get_preset(preset_name), reference=ds.ref_model)
+    build_s = time.perf_counter() - t
+    localizer = Localizer.load(work / name, preset_name)
+    results = [localizer.localize_file(ds.images / q.name, q.camera) for q in read_queries(ds.queries)]
+    summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt))
+    stage = {s: float(np.median([r.timings.get(s, 0.0) for r in results])) for s in STAGES}
+    total = float(np.median([sum(r.timings.values()) for r in results]))
+    return dict(set=name, n=len(results), ok=summary.localized, t=summary.median_t, r=summary.median_r,
+                build=build_s, total=total, **stage)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--sets", nargs="+", default=["kitti", "virtual_gallery", "demo"])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import pycolmap
+
+    pycolmap.logging.minloglevel = 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in args.sets:
+            if name == "demo":
+                from vloc.demo.scene import render_demo_scene
+
+                root = render_demo_scene(work / "demo_scene")
+            else:
+                root = args.data / "prepared" / name
+            rows.append(run_set(name, root, args.preset, work))
+    print(f"\npreset {args.preset}; torch threads {__import__('torch').get_num_threads()}; "
+          f"{os.cpu_count()} CPUs; median seconds per query")
+    head = f"{'set':<16}{'loc':>6}{'med err':>18}" + "".join(f"{s:>9}" for s in STAGES) + f"{'total':>9}{'build':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['set']:<16}{r['ok']:>3}/{r['n']:<2}{r['t']:>10.4f}/{r['r']:>6.3f}°"
+              + "".join(f"{r[s]:>9.3f}" for s in STAGES) + f"{r['total']:>9.3f}{r['build']:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
