@@ -10,7 +10,7 @@ import pycolmap
 import pytest
 
 from vloc.cli import main
-from vloc.config import get_preset
+from vloc.config import FeatureConf, get_preset
 from vloc.evaluation.metrics import evaluate
 from vloc.io.poses import read_poses
 from vloc.localization.localizer import Localizer
@@ -103,8 +103,10 @@ def test_bad_map_image_stops_or_is_skipped(kitti, tmp_path):
 def test_map_from_other_version_or_config_is_refused(kitti_map, tmp_path):
     copy = tmp_path / "map"
     shutil.copytree(kitti_map, copy)
-    with pytest.raises(ValueError, match="features"):
-        Localizer.load(copy, get_preset("sift-fast"))
+    plain_sift = get_preset("sift").with_overrides(features=FeatureConf(root_sift=False))
+    with pytest.raises(ValueError, match="features.root_sift=True"):
+        Localizer.load(copy, plain_sift)
+    Localizer.load(copy, "sift-fast")  # same descriptors, other budgets: accepted
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["format_version"] = 999
     (copy / MANIFEST).write_text(json.dumps(manifest))
@@ -126,3 +128,16 @@ def test_eval_and_info_commands(kitti, kitti_map, tmp_path, capsys):
     assert summary["localized"] == 5 and summary["recall"]["1.0m,10.0deg"] == 0.5
     assert main(["info", str(kitti_map)]) == 0
     assert "10 images" in capsys.readouterr().out
+
+
+def test_lund_sfm_from_scratch_registers_almost_all(tmp_path):
+    from conftest import prepared
+
+    lund = prepared("lund")
+    out = tmp_path / "lund"
+    assert main(["map", "build", "--images", str(lund.images), "--out", str(out)]) == 0
+    data = load_map(out)
+    assert data.reconstruction.num_reg_images() >= 27
+    assert data.manifest["source"]["mode"] == "sfm-incremental"
+    assert len(data.global_names) == data.reconstruction.num_reg_images()
+    assert data.reconstruction.compute_mean_reprojection_error() < 1.5

@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing
     import pycolmap
 
     pycolmap.logging.minloglevel = 0 if verbose else 2

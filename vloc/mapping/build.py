@@ -2,6 +2,7 @@
 (known poses) or SfM (incremental or global), written atomically as a map directory."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -16,13 +17,14 @@ from vloc.mapping.database import write_database
 from vloc.mapping.extract import Extracted, extract_images
 from vloc.mapping.map_dir import MapData, atomic_map_dir, write_map
 from vloc.matching import make_matcher
-from vloc.matching.verify import num_inliers, verify_known_poses, verify_unknown_poses
+from vloc.matching.verify import num_inliers, verify_known_poses
 from vloc.retrieval.index import Whitening
 from vloc.retrieval.pairs import select_pairs
 
 logger = logging.getLogger(__name__)
 
 MAPPERS = ("incremental", "global")
+RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
 
 
 def read_image_list(path: Path) -> list[str]:
@@ -81,17 +83,11 @@ def build_map(
     return data
 
 
-def _match_and_verify(names, pairs, extracted, preset, verify) -> dict[tuple[int, int], tuple[np.ndarray, pycolmap.TwoViewGeometry]]:
+def _match_pairs(names, pairs, extracted, preset) -> dict[tuple[int, int], np.ndarray]:
+    """Raw matches ``(K, 2)`` per pair of name indices."""
     matcher = make_matcher(preset.matcher)
-    result = {}
-    for i, j in tqdm(pairs, desc="match", unit="pair"):
-        f1, f2 = extracted.features[names[i]], extracted.features[names[j]]
-        matches = matcher(f1.descriptors, f2.descriptors)
-        geometry = verify(i, j, f1.keypoints, f2.keypoints, matches)
-        if num_inliers(geometry) >= preset.verify.min_inliers:
-            result[(i, j)] = (matches, geometry)
-    logger.info("%d of %d pairs verified", len(result), len(pairs))
-    return result
+    return {(i, j): matcher(extracted.features[names[i]].descriptors, extracted.features[names[j]].descriptors)
+            for i, j in tqdm(pairs, desc="match", unit="pair")}
 
 
 def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> pycolmap.Reconstruction:
@@ -99,31 +95,39 @@ def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> py
     for name, im in list(by_name.items()):
         if name not in extracted.features:
             ref.deregister_frame(im.frame_id)  # skipped bad image: keep the others fixed
-    ids = [by_name[n].image_id for n in names]
-
-    def verify(i, j, kp1, kp2, matches):
+    matches = _match_pairs(names, pairs, extracted, preset)
+    geometries = {}
+    for (i, j), m in matches.items():
         a, b = by_name[names[i]], by_name[names[j]]
-        return verify_known_poses(kp1, kp2, matches, ref.cameras[a.camera_id], ref.cameras[b.camera_id],
-                                  a.cam_from_world(), b.cam_from_world(), preset.verify)
-
-    verified = _match_and_verify(names, pairs, extracted, preset, verify)
+        geometry = verify_known_poses(
+            extracted.features[a.name].keypoints, extracted.features[b.name].keypoints, m,
+            ref.cameras[a.camera_id], ref.cameras[b.camera_id], a.cam_from_world(), b.cam_from_world(), preset.verify)
+        if num_inliers(geometry) >= preset.verify.min_inliers:
+            geometries[(a.image_id, b.image_id)] = geometry
+    logger.info("%d of %d pairs verified against the known poses", len(geometries), len(pairs))
     write_database(
-        db_path, {cid: cam for cid, cam in ref.cameras.items()},
-        {by_name[n].image_id: (n, by_name[n].camera_id) for n in by_name},
-        {by_name[n].image_id: (extracted.features[n].keypoints if n in extracted.features else np.zeros((0, 2)))
-         for n in by_name},
-        {(ids[i], ids[j]): v for (i, j), v in verified.items()})
+        db_path, dict(ref.cameras.items()),
+        {im.image_id: (n, im.camera_id) for n, im in by_name.items()},
+        {im.image_id: extracted.features[n].keypoints if n in extracted.features else np.zeros((0, 2), np.float32)
+         for n, im in by_name.items()},
+        {(by_name[names[i]].image_id, by_name[names[j]].image_id): m for (i, j), m in matches.items()},
+        geometries)
     empty = pycolmap.Reconstruction(ref)
     empty.delete_all_points2D_and_points3D()
     with tempfile.TemporaryDirectory(dir=db_path.parent) as out:
-        rec = pycolmap.triangulate_points(empty, str(db_path), str(image_dir), out)
-    return rec
+        return pycolmap.triangulate_points(empty, str(db_path), str(image_dir), out)
 
 
 def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolmap.Camera], list[int]]:
     """One SIMPLE_RADIAL camera per group of images with the same size and EXIF focal length
     (COLMAP's automatic camera mode): a shared camera makes focal refinement far more stable.
-    The focal prior is the EXIF one when present, else 1.2 * max(width, height)."""
+
+    The EXIF focal (else 1.2 * max(width, height)) is only the starting value: the camera is not
+    marked as having a trusted prior, so the mapper refines it. Phones' 35 mm-equivalent EXIF
+    values are often off (lund: EXIF 996 px, SfM 801 px), and COLMAP never refines the focal of a
+    "prior" camera while registering images: with the prior trusted, lund broke into 2-image
+    fragments for most seeds; untrusted, all 29 images registered for every seed tried.
+    """
     groups: dict[tuple, int] = {}
     cameras: dict[int, pycolmap.Camera] = {}
     camera_of_image = []
@@ -133,34 +137,44 @@ def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolm
         key = (width, height, None if focal is None else round(focal, 1))
         if key not in groups:
             groups[key] = len(groups) + 1
-            camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
-                                     params=[focal or 1.2 * max(width, height), width / 2, height / 2, 0.0])
-            camera.has_prior_focal_length = focal is not None
-            cameras[groups[key]] = camera
+            cameras[groups[key]] = pycolmap.Camera(
+                model="SIMPLE_RADIAL", width=width, height=height,
+                params=[focal or 1.2 * max(width, height), width / 2, height / 2, 0.0])
+            logger.info("camera %d: %dx%d, initial focal %.1f px (%s)", groups[key], width, height,
+                        cameras[groups[key]].params[0], "EXIF" if focal else "no EXIF: 1.2 * max side")
         camera_of_image.append(groups[key])
     logger.info("%d images share %d camera(s)", len(names), len(cameras))
     return cameras, camera_of_image
 
 
 def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
+    """Match in Python, verify with pycolmap (C++, multi-threaded), then map."""
     cameras, camera_of = _shared_cameras(names, extracted, image_dir)
-
-    def verify(i, j, kp1, kp2, matches):
-        return verify_unknown_poses(kp1, kp2, matches, cameras[camera_of[i]], cameras[camera_of[j]], preset.verify)
-
-    verified = _match_and_verify(names, pairs, extracted, preset, verify)
+    matches = _match_pairs(names, pairs, extracted, preset)
     write_database(db_path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
                    {i + 1: extracted.features[n].keypoints for i, n in enumerate(names)},
-                   {(i + 1, j + 1): v for (i, j), v in verified.items()})
+                   {(i + 1, j + 1): m for (i, j), m in matches.items() if len(m)})
+    pairs_path = work / "pairs.txt"
+    pairs_path.write_text("".join(f"{names[i]} {names[j]}\n" for (i, j), m in matches.items() if len(m)))
+    verify = pycolmap.TwoViewGeometryOptions()
+    verify.ransac.max_error = preset.verify.max_error_px
+    verify.min_num_inliers = preset.verify.min_inliers
+    verify.compute_relative_pose = True
+    verify.ransac.random_seed = RANDOM_SEED
+    pycolmap.verify_matches(str(db_path), str(pairs_path), verify)
     out = work / "sfm"
     out.mkdir()
     if mapper == "global":
         models = pycolmap.global_mapping(str(db_path), str(image_dir), str(out))
     else:
-        models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out))
+        options = pycolmap.IncrementalPipelineOptions()
+        options.random_seed = RANDOM_SEED
+        for key, value in dataclasses.asdict(preset.mapper).items():
+            setattr(options.mapper, key, value)
+        models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out), options)
     if not models:
-        raise RuntimeError(f"SfM registered no images out of {len(names)}: too few verified pairs "
-                           f"({len(verified)} of {len(pairs)})")
+        raise RuntimeError(f"SfM registered no images out of {len(names)} ({len(pairs)} image pairs matched): "
+                           "too little overlap or texture; try --retrieval-k, --sequential or more images")
     sizes = {k: m.num_reg_images() for k, m in models.items()}
     best = max(sizes, key=sizes.get)
     logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)

@@ -12,7 +12,8 @@ def write_database(
     cameras: dict[int, pycolmap.Camera],
     images: dict[int, tuple[str, int]],
     keypoints: dict[int, np.ndarray],
-    verified: dict[tuple[int, int], tuple[np.ndarray, pycolmap.TwoViewGeometry]],
+    matches: dict[tuple[int, int], np.ndarray],
+    geometries: dict[tuple[int, int], pycolmap.TwoViewGeometry] | None = None,
 ) -> None:
     """Create ``path`` from scratch.
 
@@ -21,7 +22,9 @@ def write_database(
         images: image_id -> (name, camera_id). Each image gets a frame with the same id, as
             pycolmap does when it reads a model without rigs.
         keypoints: image_id -> ``(N, 2)`` float32, COLMAP pixel convention.
-        verified: (image_id1, image_id2) -> (raw matches ``(K, 2)``, verified geometry).
+        matches: (image_id1, image_id2) -> raw matches ``(K, 2)`` (keypoint indices).
+        geometries: verified two-view geometries of those pairs, when already known; without
+            them, run ``pycolmap.verify_matches`` on the database.
     """
     if path.exists():
         path.unlink()
@@ -43,8 +46,9 @@ def write_database(
                 sensor_id=pycolmap.sensor_t(type=pycolmap.SensorType.CAMERA, id=camera_id), id=image_id))
             db.write_frame(frame, use_frame_id=True)
             db.write_keypoints(image_id, np.ascontiguousarray(keypoints[image_id], dtype=np.float32))
-        for (id1, id2), (raw, geometry) in verified.items():
+        for (id1, id2), raw in matches.items():
             db.write_matches(id1, id2, np.ascontiguousarray(raw, dtype=np.uint32))
+        for (id1, id2), geometry in (geometries or {}).items():
             db.write_two_view_geometry(id1, id2, geometry)
     finally:
         db.close()

@@ -1,10 +1,9 @@
-"""Two-view geometric verification of matches.
+"""Two-view geometric verification of matches when both poses are known (triangulation from a
+reference model): keep matches whose Sampson distance to the epipolar geometry is small.
 
-- :func:`verify_known_poses`: both poses are known (triangulation from a reference model):
-  keep matches whose Sampson distance to the epipolar geometry is small.
-- :func:`verify_unknown_poses`: pycolmap's robust two-view estimation (E/F/H, LO-RANSAC).
-Both return a ``pycolmap.TwoViewGeometry`` (inlier matches, relative pose, configuration), which
-is what COLMAP's mappers read from the database. Keypoints are in COLMAP's pixel convention.
+With unknown poses (SfM), verification is pycolmap's own (``pycolmap.verify_matches`` on the
+database, C++ and multi-threaded). Both give ``pycolmap.TwoViewGeometry`` objects, which is what
+COLMAP's mappers read. Keypoints are in COLMAP's pixel convention.
 """
 from __future__ import annotations
 
@@ -47,23 +46,6 @@ def verify_known_poses(
     keep = np.sqrt(sampson) * focal <= conf.max_error_px
     geometry.inlier_matches = np.ascontiguousarray(matches[keep], dtype=np.uint32)
     return geometry
-
-
-def verify_unknown_poses(
-    kp1: np.ndarray, kp2: np.ndarray, matches: np.ndarray,
-    camera1: pycolmap.Camera, camera2: pycolmap.Camera, conf: VerifyConf,
-) -> pycolmap.TwoViewGeometry:
-    """pycolmap's two-view geometry estimation; no inliers when there are too few matches."""
-    if len(matches) < conf.min_inliers:
-        geometry = pycolmap.TwoViewGeometry()
-        geometry.inlier_matches = np.zeros((0, 2), np.uint32)
-        return geometry
-    options = pycolmap.TwoViewGeometryOptions()
-    options.ransac.max_error = conf.max_error_px
-    options.min_num_inliers = conf.min_inliers
-    options.compute_relative_pose = True  # the incremental mapper initialises from it
-    return pycolmap.estimate_two_view_geometry(
-        camera1, kp1.astype(np.float64), camera2, kp2.astype(np.float64), matches.astype(np.uint32), options)
 
 
 def num_inliers(geometry: pycolmap.TwoViewGeometry) -> int:
