@@ -3,8 +3,8 @@
     python benchmarks/localization.py [--preset sift] [--sets kitti virtual_gallery demo] [--data ../shared/data]
 
 Maps are built by triangulation from the ground-truth poses of each set's map images, then one
-warm Localizer localizes every query (the first query is also timed: there is no warm-up). Prints
-one table with the median time per stage and the accuracy per set.
+warm Localizer (one untimed warm-up query) localizes every query ``--repeat`` times. Prints one
+table with the median time per stage over all runs and the accuracy per set (first run).
 """
 from __future__ import annotations
 
@@ -28,16 +28,20 @@ from vloc.mapping.build import build_map
 STAGES = ("read", "global", "features", "match", "pose")
 
 
-def run_set(name: str, root: Path, preset_name: str, work: Path) -> dict:
+def run_set(name: str, root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     ds = open_prepared(root)
     t = time.perf_counter()
     build_map(ds.images, work / name, get_preset(preset_name), reference=ds.ref_model)
     build_s = time.perf_counter() - t
     localizer = Localizer.load(work / name, preset_name)
-    results = [localizer.localize_file(ds.images / q.name, q.camera) for q in read_queries(ds.queries)]
+    queries = read_queries(ds.queries)
+    localizer.localize_file(ds.images / queries[0].name, queries[0].camera)  # warm-up
+    runs = [[localizer.localize_file(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
+    results = runs[0]
     summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt))
-    stage = {s: float(np.median([r.timings.get(s, 0.0) for r in results])) for s in STAGES}
-    total = float(np.median([sum(r.timings.values()) for r in results]))
+    timed = [r for run in runs for r in run]
+    stage = {s: float(np.median([r.timings.get(s, 0.0) for r in timed])) for s in STAGES}
+    total = float(np.median([sum(r.timings.values()) for r in timed]))
     return dict(set=name, n=len(results), ok=summary.localized, t=summary.median_t, r=summary.median_r,
                 build=build_s, total=total, **stage)
 
@@ -46,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     parser.add_argument("--sets", nargs="+", default=["kitti", "virtual_gallery", "demo"])
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the queries")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -62,7 +67,7 @@ def main() -> None:
                 root = render_demo_scene(work / "demo_scene")
             else:
                 root = args.data / "prepared" / name
-            rows.append(run_set(name, root, args.preset, work))
+            rows.append(run_set(name, root, args.preset, work, args.repeat))
     print(f"\npreset {args.preset}; torch threads {__import__('torch').get_num_threads()}; "
           f"{os.cpu_count()} CPUs; median seconds per query")
     head = f"{'set':<16}{'loc':>6}{'med err':>18}" + "".join(f"{s:>9}" for s in STAGES) + f"{'total':>9}{'build':>8}"

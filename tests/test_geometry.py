@@ -108,3 +108,23 @@ def test_whitening_index_and_pairs():
     pairs = select_pairs(out, num_retrieved=2, num_sequential=1)
     assert all(i < j for i, j in pairs) and (0, 1) in pairs
     assert select_pairs(out[:1], 5) == []
+
+
+def test_sift_on_real_and_blank_images(kitti):
+    from vloc.config import FeatureConf
+    from vloc.features import make_extractor
+    from vloc.io.images import read_image
+
+    extractor = make_extractor(FeatureConf(max_keypoints=1000))
+    image = read_image(kitti.images / "000100.png")
+    feats = extractor(image)
+    h, w = image.shape[:2]
+    assert len(feats) == 1000 and feats.image_size == (w, h)
+    assert np.all((feats.keypoints >= 0) & (feats.keypoints <= [w, h]))
+    np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1, atol=1e-5)
+    small = make_extractor(FeatureConf(max_keypoints=1000, resize_max=620))(image)  # keypoints back in full-size pixels
+    assert small.keypoints[:, 0].max() > 0.9 * w
+    blank = extractor(np.full((480, 640), 128, np.uint8))
+    assert len(blank) == 0 and blank.keypoints.shape == (0, 2) and blank.descriptors.shape == (0, 128)
+    with pytest.raises(ValueError, match="valid: sift"):
+        make_extractor(FeatureConf(name="orb"))

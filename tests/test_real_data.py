@@ -85,12 +85,13 @@ def test_query_without_intrinsics_estimates_focal(kitti, kitti_map, tmp_path):
     assert dt < 0.3 and dr < 2.0
 
 
-def test_bad_map_image_stops_or_is_skipped(kitti, tmp_path):
+def test_bad_map_image_stops_or_is_skipped(kitti, tmp_path, caplog):
     images = tmp_path / "images"
     shutil.copytree(kitti.images, images)
     (images / "000104.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out = tmp_path / "map"
     assert main(["map", "build", "--images", str(images), "--out", str(out), "--reference", str(kitti.ref_model)]) == 2
+    assert "000104.png: cannot read image" in caplog.text
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".map.partial")]
     assert main(["map", "build", "--images", str(images), "--out", str(out), "--reference", str(kitti.ref_model),

@@ -123,6 +123,18 @@ class Localizer:
         with self._lock:
             return self._localize(image, camera, name)
 
+    def _candidate_points(self, retrieved: list[str]) -> tuple[torch.Tensor, np.ndarray]:
+        """Descriptors ``(M, D)`` and point3D ids ``(M,)`` of the 3D points the retrieved images
+        observe, one descriptor per point (from the best-ranked image that sees it): one matching
+        call instead of one per image, and the ratio test never compares a point with itself."""
+        if not retrieved:
+            return torch.zeros((0, self.extractor.dim)), np.zeros((0,), np.int64)
+        ids = np.concatenate([self.images[n].point3D_ids for n in retrieved])
+        _, first = np.unique(ids, return_index=True)
+        first.sort()
+        desc = torch.cat([self.images[n].descriptors for n in retrieved])
+        return desc[torch.from_numpy(first)], ids[first]
+
     def _retrieve(self, image: np.ndarray, k: int) -> list[str]:
         _, ids = search(self.index, self.whitening(self.global_model(image)), k)
         return [self.names[i] for i in ids[0] if i >= 0]
@@ -151,13 +163,9 @@ class Localizer:
             return res
 
         t = time.perf_counter()
-        query_desc = torch.from_numpy(feats.descriptors)
-        pairs = []
-        for ref_name in res.retrieved:
-            ref = self.images[ref_name]
-            m = self.matcher(query_desc, ref.descriptors)
-            pairs.append(np.stack([m[:, 0], ref.point3D_ids[m[:, 1]]], axis=1))
-        pairs = np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), np.int64)
+        desc, point_ids = self._candidate_points(res.retrieved)
+        matches = self.matcher(torch.from_numpy(feats.descriptors), desc)
+        pairs = np.stack([matches[:, 0], point_ids[matches[:, 1]]], axis=1)
         res.num_matches = len(pairs)
         res.timings["match"] = time.perf_counter() - t
         if len(pairs) < conf.min_inliers:
