@@ -7,7 +7,6 @@ import pytest
 
 from vloc.config import MatcherConf, PoseConf, VerifyConf
 from vloc.io.cameras import camera_from_fields
-from vloc.io.poses import rigid_from_qt
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.matching import make_matcher
 from vloc.matching.verify import verify_known_poses

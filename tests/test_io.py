@@ -102,7 +102,7 @@ def test_kitti_and_tum_round_trip(tmp_path):
     rng = np.random.default_rng(2)
     poses = [random_pose(rng) for _ in range(4)]
     write_kitti_poses(tmp_path / "kitti.txt", poses)
-    for a, b in zip(read_kitti_poses(tmp_path / "kitti.txt"), poses):
+    for a, b in zip(read_kitti_poses(tmp_path / "kitti.txt"), poses, strict=True):
         assert_pose_close(a, b, 1e-7)
     # KITTI rows are world_from_cam: the last column is the camera centre
     row = np.array((tmp_path / "kitti.txt").read_text().split("\n")[0].split(), float).reshape(3, 4)
@@ -110,7 +110,7 @@ def test_kitti_and_tum_round_trip(tmp_path):
     write_tum_trajectory(tmp_path / "tum.txt", [(0.1 * i, p) for i, p in enumerate(poses)])
     back = read_tum_trajectory(tmp_path / "tum.txt")
     assert [round(t, 3) for t, _ in back] == [0.0, 0.1, 0.2, 0.3]
-    for (_, a), b in zip(back, poses):
+    for (_, a), b in zip(back, poses, strict=True):
         assert_pose_close(a, b, 1e-7)
 
 

@@ -32,7 +32,8 @@ def run_demo(out: Path, preset_name: str) -> bool:
     localizer = Localizer.load(map_dir)
     results = localize_queries(localizer, read_queries(scene / "queries.txt"), scene / "images",
                                Path(out) / "poses.txt")
-    summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(scene / "gt_queries.txt"))
+    estimates = {r.name: r.cam_from_world for r in results if r.success}
+    summary = evaluate(estimates, read_poses(scene / "gt_queries.txt"))
     max_t, max_r = DEMO_TOLERANCE
     print(f"\n{'query':<16} {'status':<10} {'inliers':>8} {'err [cm]':>9} {'err [deg]':>9} {'time [s]':>8}")
     ok = True
@@ -41,7 +42,8 @@ def run_demo(out: Path, preset_name: str) -> bool:
         good = r.success and dt <= max_t and dr <= max_r
         ok &= good
         status = ("ok" if good else "INACCURATE") if r.success else "FAILED"
-        print(f"{r.name:<16} {status:<10} {r.num_inliers:>8} {100 * dt:>9.2f} {dr:>9.3f} {sum(r.timings.values()):>8.3f}"
+        seconds = sum(r.timings.values())
+        print(f"{r.name:<16} {status:<10} {r.num_inliers:>8} {100 * dt:>9.2f} {dr:>9.3f} {seconds:>8.3f}"
               + ("" if r.success else f"  ({r.reason})"))
     print(f"\n{summary.format()}")
     print(f"render {t_render:.1f} s, map build {t_build:.1f} s, total {time.perf_counter() - t0:.1f} s")

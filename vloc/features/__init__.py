@@ -10,6 +10,7 @@ from typing import Callable
 from vloc.config import FeatureConf
 from vloc.features.base import Features
 from vloc.features.sift import SiftExtractor
+from vloc.registry import create
 
 EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
     "sift": SiftExtractor,
@@ -17,11 +18,7 @@ EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
 
 
 def make_extractor(conf: FeatureConf):
-    try:
-        factory = EXTRACTORS[conf.name]
-    except KeyError:
-        raise ValueError(f"Unknown feature extractor {conf.name!r}; valid: {', '.join(sorted(EXTRACTORS))}") from None
-    return factory(conf)
+    return create(EXTRACTORS, conf, "feature extractor")
 
 
 __all__ = ["EXTRACTORS", "Features", "make_extractor"]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pycolmap
 
+from vloc.io.text import data_lines, parse_floats
+
 
 def camera_from_fields(model: str, width: int, height: int, params: list[float], where: str) -> pycolmap.Camera:
     """Build a pycolmap camera, checking the model name and its parameter count."""
@@ -42,23 +44,14 @@ class Query:
 
 def read_queries(path: Path | str) -> list[Query]:
     """Read ``name MODEL width height params...`` or bare ``name`` lines (``#`` comments)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: query list does not exist")
     queries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        where = f"{path}:{lineno}"
+    for where, fields in data_lines(path, "query list"):
         if len(fields) == 1:
             queries.append(Query(fields[0], None))
         elif len(fields) < 5:
-            raise ValueError(f"{where}: expected 'name' or 'name MODEL width height params...', got {line!r}")
+            raise ValueError(f"{where}: expected 'name' or 'name MODEL width height params...', "
+                             f"got {' '.join(fields)!r}")
         else:
-            try:
-                width, height, params = int(fields[2]), int(fields[3]), [float(x) for x in fields[4:]]
-            except ValueError:
-                raise ValueError(f"{where}: width, height and params must be numbers: {line!r}") from None
-            queries.append(Query(fields[0], camera_from_fields(fields[1], width, height, params, where)))
+            width, height, *params = parse_floats(fields[2:], where)
+            queries.append(Query(fields[0], camera_from_fields(fields[1], int(width), int(height), params, where)))
     return queries

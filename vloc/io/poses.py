@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
+from vloc.io.text import data_lines, parse_floats
+
 
 def rigid_from_qt(qvec_wxyz: np.ndarray, tvec: np.ndarray) -> pycolmap.Rigid3d:
     """pycolmap stores quaternions as ``xyzw``; pose files use ``wxyz``."""
@@ -22,20 +24,11 @@ def qt_from_rigid(pose: pycolmap.Rigid3d) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_poses(path: Path | str) -> dict[str, pycolmap.Rigid3d]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pose list does not exist")
     poses = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
+    for where, fields in data_lines(path, "pose list"):
         if len(fields) != 8:
-            raise ValueError(f"{path}:{lineno}: expected 'name qw qx qy qz tx ty tz', got {line!r}")
-        try:
-            values = np.array([float(x) for x in fields[1:]])
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: pose values must be numbers: {line!r}") from None
+            raise ValueError(f"{where}: expected 'name qw qx qy qz tx ty tz', got {' '.join(fields)!r}")
+        values = np.array(parse_floats(fields[1:], where))
         poses[fields[0]] = rigid_from_qt(values[:4], values[4:])
     return poses
 

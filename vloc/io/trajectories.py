@@ -12,6 +12,7 @@ import numpy as np
 import pycolmap
 
 from vloc.io.poses import write_text_atomic
+from vloc.io.text import data_lines, parse_floats
 
 
 def _rigid_from_matrix(m: np.ndarray) -> pycolmap.Rigid3d:
@@ -19,20 +20,11 @@ def _rigid_from_matrix(m: np.ndarray) -> pycolmap.Rigid3d:
 
 
 def _read_rows(path: Path, n: int, fmt: str) -> list[np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: trajectory file does not exist")
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
+    for where, fields in data_lines(path, "trajectory file"):
         if len(fields) != n:
-            raise ValueError(f"{path}:{lineno}: expected {n} numbers ({fmt}), got {len(fields)}")
-        try:
-            rows.append(np.array([float(x) for x in fields]))
-        except ValueError:
-            raise ValueError(f"{path}:{lineno}: not a number in {line!r}") from None
+            raise ValueError(f"{where}: expected {n} numbers ({fmt}), got {len(fields)}")
+        rows.append(np.array(parse_floats(fields, where)))
     return rows
 
 

@@ -19,7 +19,9 @@ def log_path_for(poses: Path) -> Path:
     return poses.with_suffix(".json") if poses.suffix != ".json" else poses.with_suffix(".log.json")
 
 
-def localize_queries(localizer: Localizer, queries: list[Query], image_dir: Path, out: Path) -> list[LocalizationResult]:
+def localize_queries(
+    localizer: Localizer, queries: list[Query], image_dir: Path, out: Path,
+) -> list[LocalizationResult]:
     results = []
     for query in tqdm(queries, desc="localize", unit="query"):
         result = localizer.localize_file(image_dir / query.name, query.camera)

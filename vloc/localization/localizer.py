@@ -118,7 +118,9 @@ class Localizer:
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
         return result
 
-    def localize(self, image: np.ndarray, camera: pycolmap.Camera | None = None, name: str = "query") -> LocalizationResult:
+    def localize(
+        self, image: np.ndarray, camera: pycolmap.Camera | None = None, name: str = "query",
+    ) -> LocalizationResult:
         """``image``: ``(H, W)`` or ``(H, W, 3)`` uint8. ``camera`` None: focal estimated with the pose."""
         with self._lock:
             return self._localize(image, camera, name)
@@ -185,5 +187,6 @@ class Localizer:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")
             return res
-        res.success, res.cam_from_world, res.camera, res.covariance = True, estimate.cam_from_world, estimate.camera, estimate.covariance
+        res.success, res.cam_from_world = True, estimate.cam_from_world
+        res.camera, res.covariance = estimate.camera, estimate.covariance
         return res

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from vloc.config import Preset
 from vloc.io.images import exif_focal_px, list_images
+from vloc.io.text import data_lines
 from vloc.mapping.database import write_database
 from vloc.mapping.extract import Extracted, extract_images
 from vloc.mapping.map_dir import MapData, atomic_map_dir, write_map
@@ -28,9 +29,7 @@ RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
 
 
 def read_image_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: image list does not exist")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [fields[0] for _, fields in data_lines(path, "image list")]
 
 
 def build_map(

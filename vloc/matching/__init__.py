@@ -9,6 +9,7 @@ from typing import Callable
 
 from vloc.config import MatcherConf
 from vloc.matching.nearest_neighbor import MutualNNMatcher
+from vloc.registry import create
 
 MATCHERS: dict[str, Callable[[MatcherConf], Callable]] = {
     "mnn": MutualNNMatcher,
@@ -16,11 +17,7 @@ MATCHERS: dict[str, Callable[[MatcherConf], Callable]] = {
 
 
 def make_matcher(conf: MatcherConf):
-    try:
-        factory = MATCHERS[conf.name]
-    except KeyError:
-        raise ValueError(f"Unknown matcher {conf.name!r}; valid: {', '.join(sorted(MATCHERS))}") from None
-    return factory(conf)
+    return create(MATCHERS, conf, "matcher")
 
 
 __all__ = ["MATCHERS", "make_matcher"]

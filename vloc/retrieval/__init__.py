@@ -5,6 +5,7 @@ from typing import Callable
 
 from vloc.config import GlobalConf
 from vloc.retrieval.gem import EfficientNetGeM
+from vloc.registry import create
 
 GLOBAL_MODELS: dict[str, Callable[[GlobalConf], Callable]] = {
     "effnet_lite0_gem": EfficientNetGeM,
@@ -12,11 +13,7 @@ GLOBAL_MODELS: dict[str, Callable[[GlobalConf], Callable]] = {
 
 
 def make_global_model(conf: GlobalConf):
-    try:
-        factory = GLOBAL_MODELS[conf.name]
-    except KeyError:
-        raise ValueError(f"Unknown global descriptor {conf.name!r}; valid: {', '.join(sorted(GLOBAL_MODELS))}") from None
-    return factory(conf)
+    return create(GLOBAL_MODELS, conf, "global descriptor")
 
 
 __all__ = ["GLOBAL_MODELS", "make_global_model"]
