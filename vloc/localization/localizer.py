@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from vloc.config import Preset, check_compatible, get_preset
 from vloc.features import make_extractor
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
-from vloc.mapping.map_dir import load_map
+from vloc.mapping.map_dir import load_map, read_manifest
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
@@ -94,7 +94,6 @@ class Localizer:
     def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "Localizer":
         """Load ``map_dir``; ``preset`` defaults to the one the map was built with."""
         if preset is None:
-            from vloc.mapping.map_dir import read_manifest
             preset = read_manifest(Path(map_dir))["preset"]["name"]
         return cls(Path(map_dir), get_preset(preset) if isinstance(preset, str) else preset)
 

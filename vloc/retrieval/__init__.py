@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Callable
 
 from vloc.config import GlobalConf
-from vloc.retrieval.gem import EfficientNetGeM
 from vloc.registry import create
+from vloc.retrieval.gem import EfficientNetGeM
 
 GLOBAL_MODELS: dict[str, Callable[[GlobalConf], Callable]] = {
     "effnet_lite0_gem": EfficientNetGeM,
