@@ -35,8 +35,8 @@ def run_set(name: str, root: Path, preset_name: str, work: Path, repeat: int) ->
     build_s = time.perf_counter() - t
     localizer = Localizer.load(work / name, preset_name)
     queries = read_queries(ds.queries)
-    localizer.localize_file(ds.images / queries[0].name, queries[0].camera)  # warm-up
-    runs = [[localizer.localize_file(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
+    localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
+    runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
     results = runs[0]
     summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt))
     timed = [r for run in runs for r in run]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -17,37 +18,29 @@ class ImageReadError(ValueError):
     """An image file is missing, unreadable, truncated or empty."""
 
 
-def read_image(path: Path | str, grayscale: bool = False) -> np.ndarray:
-    """Read an image fully into memory.
+def read_image(path: Path | str | BinaryIO, grayscale: bool = False, name: str | None = None) -> np.ndarray:
+    """Read an image (a file, or a binary stream of an encoded image) fully into memory.
 
     Returns:
         ``(H, W, 3)`` uint8 RGB, or ``(H, W)`` uint8 when ``grayscale``.
     Raises:
-        ImageReadError: naming the file and the problem (missing, not an image, truncated).
+        ImageReadError: naming the file (or ``name``) and the problem (missing, not an image, truncated).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such image file")
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise ImageReadError(f"{path}: no such image file")
+    label = name or path
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: a truncated file fails here
             im = im.convert("L" if grayscale else "RGB")
             array = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
+        raise ImageReadError(f"{label}: cannot read image ({exc})") from exc
     if array.size == 0:
-        raise ImageReadError(f"{path}: image is empty")
+        raise ImageReadError(f"{label}: image is empty")
     return array
-
-
-def decode_image_bytes(data: bytes, name: str = "<bytes>", grayscale: bool = False) -> np.ndarray:
-    """Decode an encoded image held in memory (same output as :func:`read_image`)."""
-    buf = np.frombuffer(data, dtype=np.uint8)
-    flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
-    array = cv2.imdecode(buf, flag) if buf.size else None
-    if array is None:
-        raise ImageReadError(f"{name}: cannot decode image bytes")
-    return array if grayscale else cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
 
 
 def to_grayscale(image: np.ndarray) -> np.ndarray:
@@ -63,8 +56,10 @@ def image_size(path: Path | str) -> tuple[int, int]:
         raise ImageReadError(f"{path}: cannot read image header ({exc})") from exc
 
 
-def exif_focal_px(path: Path | str) -> float | None:
+def exif_focal_px(path: Path | str | BinaryIO) -> float | None:
     """Focal length in pixels from EXIF (35 mm equivalent, or focal plane resolution), or None."""
+    if hasattr(path, "seek"):
+        path.seek(0)
     try:
         with Image.open(path) as im:
             width, height = im.size

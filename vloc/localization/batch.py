@@ -24,8 +24,7 @@ def localize_queries(
 ) -> list[LocalizationResult]:
     results = []
     for query in tqdm(queries, desc="localize", unit="query"):
-        result = localizer.localize_file(image_dir / query.name, query.camera)
-        result.name = query.name
+        result = localizer.localize(image_dir / query.name, query.camera, name=query.name)
         if result.success:
             logger.info("%s: localized, %d/%d inliers, intrinsics %s", query.name, result.num_inliers,
                         result.num_matches, result.intrinsics_source)

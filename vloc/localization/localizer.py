@@ -1,11 +1,13 @@
 """The warm localizer: load a map once, localize many queries.
 
-For each query: global descriptor -> FAISS top-k map images -> match local features against the
-map keypoints that observe a 3D point -> 2D-3D correspondences -> LO-RANSAC + refinement.
-A query that fails any stage is reported with a reason and no pose.
+For each query: global descriptor -> FAISS top-k map images (or, with a prior pose, the most
+similar map images near it) -> match local features against the 3D points those images observe
+-> 2D-3D correspondences -> LO-RANSAC + refinement. A query that fails any stage is reported
+with a reason and no pose. No map file is written while localizing.
 """
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -20,6 +22,7 @@ import torch
 
 from vloc.config import Preset, check_compatible, get_preset
 from vloc.features import make_extractor
+from vloc.io.cameras import camera_from_dict
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.mapping.map_dir import load_map, read_manifest
@@ -28,6 +31,8 @@ from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
 
 logger = logging.getLogger(__name__)
+
+ImageInput = str | Path | bytes | np.ndarray
 
 
 @dataclass
@@ -42,6 +47,7 @@ class LocalizationResult:
     num_matches: int = 0  # 2D-3D correspondences fed to RANSAC
     num_inliers: int = 0
     retrieved: list[str] = field(default_factory=list)
+    retrieval: str = ""  # "global", "prior", or "global after prior" when the prior's images failed
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     covariance: np.ndarray | None = None  # (6, 6)
 
@@ -53,7 +59,7 @@ class LocalizationResult:
         d = dict(name=self.name, status="localized" if self.success else "failed", reason=self.reason,
                  intrinsics=self.intrinsics_source, num_keypoints=self.num_keypoints,
                  num_matches=self.num_matches, num_inliers=self.num_inliers,
-                 inlier_ratio=round(self.inlier_ratio, 4), retrieved=self.retrieved,
+                 inlier_ratio=round(self.inlier_ratio, 4), retrieved=self.retrieved, retrieval=self.retrieval,
                  timings={k: round(v, 4) for k, v in self.timings.items()})
         if self.camera is not None:
             d["camera"] = dict(model=self.camera.model.name, width=self.camera.width,
@@ -70,6 +76,19 @@ class _MapImage:
         self.point3D_ids = point3D_ids[mask]
 
 
+@dataclass(frozen=True)
+class Prior:
+    """A pose the query is believed to be near: retrieval then looks only at map images whose
+    camera centre lies within ``radius`` (map units) of ``cam_from_world``'s centre."""
+
+    cam_from_world: pycolmap.Rigid3d
+    radius: float
+
+    @staticmethod
+    def from_result(result: LocalizationResult, radius: float) -> "Prior | None":
+        return Prior(result.cam_from_world, radius) if result.success else None
+
+
 class Localizer:
     """Use :meth:`load`. Calls to :meth:`localize` are serialised by a lock (thread-safe)."""
 
@@ -80,6 +99,9 @@ class Localizer:
         self.names = data.global_names
         self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
         self.whitening = data.whitening
+        self._whitened = self.whitening(data.global_raw)  # rows of the FAISS index, for prior search
+        self._centres = np.stack([data.reconstruction.find_image_with_name(n).projection_center()
+                                  for n in self.names])
         self.images = {n: _MapImage(data.features[n].descriptors, data.point3D_ids[n]) for n in self.names}
         ids = np.array(sorted(data.reconstruction.points3D), dtype=np.int64)
         self._xyz = np.stack([data.reconstruction.points3D[i].xyz for i in ids]) if len(ids) else np.zeros((0, 3))
@@ -97,32 +119,34 @@ class Localizer:
             preset = read_manifest(Path(map_dir))["preset"]["name"]
         return cls(Path(map_dir), get_preset(preset) if isinstance(preset, str) else preset)
 
-    def localize_file(self, path: Path, camera: pycolmap.Camera | None = None) -> LocalizationResult:
-        """Read ``path`` (errors become a failed result) and localize it."""
+    def localize(
+        self, image: ImageInput, camera: pycolmap.Camera | dict | None = None,
+        prior: Prior | None = None, name: str | None = None,
+    ) -> LocalizationResult:
+        """Localize one image.
+
+        Args:
+            image: a path, encoded bytes (JPEG, PNG, ...), or a ``(H, W)`` / ``(H, W, 3)`` uint8
+                RGB array.
+            camera: a pycolmap camera, a dict ``{"model", "width", "height", "params"}``, or None:
+                the EXIF focal length when the file or bytes carry one, else the focal length
+                is estimated with the pose. ``result.intrinsics_source`` says which.
+            prior: restrict retrieval to map images near a believed pose; when that fails, the
+                query is retried with global retrieval.
+        Returns:
+            a :class:`LocalizationResult`; on any failure ``success`` is False and ``reason`` says why.
+        """
         t0 = time.perf_counter()
+        if name is None:
+            name = Path(image).name if isinstance(image, (str, Path)) else "query"
         try:
-            image = read_image(path)
-        except ImageReadError as exc:
-            return LocalizationResult(path.name, False, f"unreadable image: {exc}")
-        source = "given"
-        if camera is None:
-            focal = exif_focal_px(path)
-            if focal is not None:
-                h, w = image.shape[:2]
-                camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[focal, w / 2, h / 2, 0.0])
-                source = "exif"
-        result = self.localize(image, camera, name=path.name)
-        if source == "exif":
-            result.intrinsics_source = "exif"
+            array, camera, source = _prepare(image, camera, name)
+        except (ImageReadError, ValueError) as exc:
+            return LocalizationResult(name, False, str(exc))
+        with self._lock:
+            result = self._localize(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
         return result
-
-    def localize(
-        self, image: np.ndarray, camera: pycolmap.Camera | None = None, name: str = "query",
-    ) -> LocalizationResult:
-        """``image``: ``(H, W)`` or ``(H, W, 3)`` uint8. ``camera`` None: focal estimated with the pose."""
-        with self._lock:
-            return self._localize(image, camera, name)
 
     def _candidate_points(self, retrieved: list[str]) -> tuple[torch.Tensor, np.ndarray]:
         """Descriptors ``(M, D)`` and point3D ids ``(M,)`` of the 3D points the retrieved images
@@ -136,56 +160,99 @@ class Localizer:
         desc = torch.cat([self.images[n].descriptors for n in retrieved])
         return desc[torch.from_numpy(first)], ids[first]
 
-    def _retrieve(self, image: np.ndarray, k: int) -> list[str]:
-        _, ids = search(self.index, self.whitening(self.global_model(image)), k)
-        return [self.names[i] for i in ids[0] if i >= 0]
+    def _global_descriptor(self, image: np.ndarray) -> np.ndarray:
+        return self.whitening(self.global_model(image))
 
-    def _localize(self, image, camera, name) -> LocalizationResult:
+    def _retrievals(self, query: np.ndarray, prior: Prior | None) -> list[tuple[str, list[str]]]:
+        """``(mode, map image names)`` to try in order: near the prior first, then global."""
+        k = self.preset.pose.num_retrieved
+        _, ids = search(self.index, query, k)
+        global_names = [self.names[i] for i in ids[0] if i >= 0]
+        if prior is None:
+            return [("global", global_names)]
+        near = np.flatnonzero(np.linalg.norm(self._centres - prior.cam_from_world.inverse().translation, axis=1)
+                              <= prior.radius)
+        if len(near) == 0:
+            return [("global after prior", global_names)]
+        best = near[np.argsort(-(self._whitened[near] @ query[0]))[:k]]
+        return [("prior", [self.names[i] for i in best]), ("global after prior", global_names)]
+
+    def _localize(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str,
+                  prior: Prior | None) -> LocalizationResult:
         conf = self.preset.pose
-        h, w = image.shape[:2]
-        res = LocalizationResult(name, False, intrinsics_source="given" if camera is not None else "estimated")
-        if camera is not None and (camera.width, camera.height) != (w, h):
-            res.reason = f"camera is {camera.width}x{camera.height} but the image is {w}x{h}"
-            return res
-        if camera is None:
-            camera = pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h,
-                                     params=[1.2 * max(w, h), w / 2, h / 2, 0.0])
+        res = LocalizationResult(name, False, intrinsics_source=source)
         # The global descriptor (torch) runs beside the local features (OpenCV); both release the GIL.
         t = time.perf_counter()
-        global_future = self._pool.submit(self._retrieve, image, conf.num_retrieved)
+        global_future = self._pool.submit(self._global_descriptor, image)
         feats = self.extractor(image)
         res.num_keypoints = len(feats)
         res.timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
-        res.retrieved = global_future.result()
+        query = global_future.result()
         res.timings["global"] = time.perf_counter() - t  # the part not hidden behind the features
         if len(feats) < conf.min_inliers:
             res.reason = f"too few keypoints ({len(feats)} < {conf.min_inliers})"
             return res
+        for mode, retrieved in self._retrievals(query, prior):
+            if res.retrieved == retrieved:
+                continue  # the prior's images were the global ones: nothing new to try
+            res.retrieval, res.retrieved = mode, retrieved
+            self._match_and_estimate(res, feats, camera)
+            if res.success:
+                break
+        return res
 
+    def _match_and_estimate(self, res: LocalizationResult, feats, camera: pycolmap.Camera) -> None:
+        """Fill ``res`` from matching ``feats`` to the points of ``res.retrieved``."""
+        conf = self.preset.pose
         t = time.perf_counter()
         desc, point_ids = self._candidate_points(res.retrieved)
         matches = self.matcher(torch.from_numpy(feats.descriptors), desc)
         pairs = np.stack([matches[:, 0], point_ids[matches[:, 1]]], axis=1)
-        res.num_matches = len(pairs)
-        res.timings["match"] = time.perf_counter() - t
+        res.num_matches, res.num_inliers = len(pairs), 0
+        res.timings["match"] = res.timings.get("match", 0.0) + time.perf_counter() - t
         if len(pairs) < conf.min_inliers:
             res.reason = f"too few 2D-3D matches ({len(pairs)} < {conf.min_inliers})"
-            return res
-
+            return
         t = time.perf_counter()
         rows = np.fromiter((self._row_of_point[int(i)] for i in pairs[:, 1]), np.int64, len(pairs))
         estimate = estimate_absolute_pose(feats.keypoints[pairs[:, 0]], self._xyz[rows], camera, conf,
-                                          focal_known=res.intrinsics_source == "given")
-        res.timings["pose"] = time.perf_counter() - t
+                                          focal_known=res.intrinsics_source != "estimated")
+        res.timings["pose"] = res.timings.get("pose", 0.0) + time.perf_counter() - t
         if estimate is None:
             res.reason = "pose estimation failed (RANSAC found no model)"
-            return res
+            return
         res.num_inliers = estimate.num_inliers
         if res.num_inliers < conf.min_inliers or res.inlier_ratio < conf.min_inlier_ratio:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")
-            return res
-        res.success, res.cam_from_world = True, estimate.cam_from_world
+            return
+        res.success, res.reason, res.cam_from_world = True, "", estimate.cam_from_world
         res.camera, res.covariance = estimate.camera, estimate.covariance
-        return res
+
+
+def _prepare(image: ImageInput, camera: pycolmap.Camera | dict | None,
+             name: str) -> tuple[np.ndarray, pycolmap.Camera, str]:
+    """Decode the image and settle the camera: ``(array, camera, intrinsics source)``."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
+            raise ValueError(f"{name}: expected a (H, W) or (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
+        array, exif_source = image, None
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        exif_source = io.BytesIO(bytes(image))
+        array = read_image(exif_source, name=name)
+    elif isinstance(image, (str, Path)):
+        array, exif_source = read_image(image), image
+    else:
+        raise ValueError(f"{name}: image must be a path, bytes or a numpy array, not {type(image).__name__}")
+    h, w = array.shape[:2]
+    if isinstance(camera, dict):
+        camera = camera_from_dict(camera, f"{name}: camera")
+    if camera is not None:
+        if (camera.width, camera.height) != (w, h):
+            raise ValueError(f"{name}: camera is {camera.width}x{camera.height} but the image is {w}x{h}")
+        return array, camera, "given"
+    focal = exif_focal_px(exif_source) if exif_source is not None else None
+    source = "exif" if focal is not None else "estimated"
+    guess = focal if focal is not None else 1.2 * max(w, h)
+    return array, pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[guess, w / 2, h / 2, 0.0]), source
