@@ -64,6 +64,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vloc.io.cameras import camera_from_fields
+    from vloc.io.trajectories import write_kitti_poses, write_tum_trajectory
+    from vloc.localization.localizer import Localizer
+    from vloc.localization.tracking import Tracker, iter_frames
+
+    camera = None
+    if args.camera:
+        model, width, height, *params = args.camera.split()
+        camera = camera_from_fields(model, int(width), int(height), [float(p) for p in params], "--camera")
+    tracker = Tracker(Localizer.load(args.map, args.preset), args.radius, camera)
+    stamped, log = [], []
+    for stamp, name, image in tqdm(iter_frames(args.frames, args.fps), desc="track", unit="frame"):
+        result = tracker.track(image, name=name)
+        log.append(dict(result.to_dict(), timestamp=stamp))
+        if result.success:
+            stamped.append((stamp, result.cam_from_world))
+    if args.tum:
+        write_tum_trajectory(args.tum, stamped)
+    if args.kitti:
+        write_kitti_poses(args.kitti, [pose for _, pose in stamped])
+    if args.log:
+        from vloc.io.poses import write_text_atomic
+
+        write_text_atomic(args.log, json.dumps(dict(radius=tracker.radius, frames=log), indent=1))
+    print(f"localized {len(stamped)}/{len(log)} frames (prior radius {tracker.radius:.3g} map units)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vloc.serve.app import serve
+
+    serve(args.map, args.host, args.port, args.preset, args.max_bytes)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vloc.demo.run import run_demo
 
@@ -117,6 +155,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'metres,degrees' pairs (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="JSON summary (default: POSES with suffix .eval.json)")
     ev.set_defaults(func=cmd_eval)
+
+    tr = sub.add_parser("track", help="localize an ordered sequence (image folder or video) and write "
+                        "TUM / KITTI trajectories (camera-to-world, what evo and ROS tools read)")
+    tr.add_argument("--map", type=Path, required=True)
+    tr.add_argument("--frames", type=Path, required=True, help="image folder (sorted by name) or video file")
+    tr.add_argument("--camera", help="'MODEL width height params...' for every frame (default: EXIF, else estimated)")
+    tr.add_argument("--fps", type=float, default=10.0, help="timestamps of a folder's frames: index / fps")
+    tr.add_argument("--radius", type=float, help="prior radius in map units (default: 5x the median "
+                    "nearest-neighbour distance between map images)")
+    tr.add_argument("--tum", type=Path, help="TUM trajectory 'timestamp tx ty tz qx qy qz qw', localized frames")
+    tr.add_argument("--kitti", type=Path, help="KITTI poses (3x4 camera-to-world rows), localized frames only")
+    tr.add_argument("--log", type=Path, help="JSON log of every frame (status, reason, timings, timestamp)")
+    tr.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
+    tr.set_defaults(func=cmd_track)
+
+    sv = sub.add_parser("serve", help="HTTP API: POST /localize, GET /health, GET /map, GET /openapi.json")
+    sv.add_argument("--map", type=Path, required=True)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-bytes", type=int, default=20 * 2**20, help="largest request body (413 beyond)")
+    sv.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
+    sv.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="render the embedded scene, build its map, localize its queries")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
