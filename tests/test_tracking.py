@@ -20,7 +20,8 @@ def test_track_kitti_queries_in_order(kitti, kitti_map, tmp_path):
     camera = " ".join([cam.model.name, str(cam.width), str(cam.height)] + [str(p) for p in cam.params])
     out = tmp_path / "out"
     assert main(["track", "--map", str(kitti_map), "--frames", str(frames), "--camera", camera, "--fps", "5",
-                 "--tum", str(out / "traj.tum"), "--kitti", str(out / "traj.kitti"), "--log", str(out / "log.json")]) == 0
+                 "--tum", str(out / "traj.tum"), "--kitti", str(out / "traj.kitti"),
+                 "--log", str(out / "log.json")]) == 0
     log = json.loads((out / "log.json").read_text())["frames"]
     assert [f["status"] for f in log] == ["localized"] * 10
     assert log[0]["retrieval"] == "global" and all(f["retrieval"] == "prior" for f in log[1:])
