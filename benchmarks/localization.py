@@ -40,10 +40,12 @@ def run_set(name: str, root: Path, preset_name: str, work: Path, repeat: int) ->
     results = runs[0]
     summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt))
     timed = [r for run in runs for r in run]
-    stage = {s: float(np.median([r.timings.get(s, 0.0) for r in timed])) for s in STAGES}
-    total = float(np.median([sum(r.timings.values()) for r in timed]))
-    return dict(set=name, n=len(results), ok=summary.localized, t=summary.median_t, r=summary.median_r,
-                build=build_s, total=total, **stage)
+    row = dict(set=name, n=len(results), ok=summary.localized, t=summary.median_t, r=summary.median_r,
+               build=build_s, size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
+    for label, q in (("median", 50), ("p90", 90)):
+        row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], q)) for s in STAGES}
+        row[label]["total"] = float(np.percentile([sum(r.timings.values()) for r in timed], q))
+    return row
 
 
 def main() -> None:
@@ -69,13 +71,18 @@ def main() -> None:
                 root = args.data / "prepared" / name
             rows.append(run_set(name, root, args.preset, work, args.repeat))
     print(f"\npreset {args.preset}; torch threads {__import__('torch').get_num_threads()}; "
-          f"{os.cpu_count()} CPUs; median seconds per query")
-    head = f"{'set':<16}{'loc':>6}{'med err':>18}" + "".join(f"{s:>9}" for s in STAGES) + f"{'total':>9}{'build':>8}"
+          f"{os.cpu_count()} CPUs; seconds per query, median and p90 over {args.repeat} passes")
+    head = (f"{'set':<16}{'size':>10}{'loc':>6}{'med err':>18}{'':>7}" + "".join(f"{s:>9}" for s in STAGES)
+            + f"{'total':>9}{'build':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['set']:<16}{r['ok']:>3}/{r['n']:<2}{r['t']:>10.4f}/{r['r']:>6.3f}°"
-              + "".join(f"{r[s]:>9.3f}" for s in STAGES) + f"{r['total']:>9.3f}{r['build']:>8.1f}")
+        for label in ("median", "p90"):
+            lead = (f"{r['set']:<16}{r['size']:>10}{r['ok']:>3}/{r['n']:<2}{r['t']:>10.4f}/{r['r']:>6.3f}°"
+                    if label == "median" else " " * 50)
+            tail = f"{r['build']:>8.1f}" if label == "median" else ""
+            print(lead + f"{label:>7}" + "".join(f"{r[label][s]:>9.3f}" for s in STAGES)
+                  + f"{r[label]['total']:>9.3f}" + tail)
 
 
 if __name__ == "__main__":
