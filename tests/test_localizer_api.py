@@ -87,3 +87,13 @@ def test_right_prior_uses_nearby_images_and_wrong_prior_recovers(localizer, kitt
     result = localizer.localize(kitti.images / QUERY, camera, prior=Prior(far, radius=2.0))
     assert_accurate(result, truth)
     assert result.retrieval == "global after prior"
+
+
+def test_localizing_writes_nothing_into_the_map(kitti_map, localizer, kitti, camera):
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in kitti_map.rglob("*")}
+
+    before = snapshot()
+    localizer.localize(kitti.images / QUERY, camera)
+    Localizer.load(kitti_map).localize(kitti.images / QUERY)
+    assert snapshot() == before
