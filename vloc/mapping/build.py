@@ -62,13 +62,13 @@ def build_map(
         raise ValueError(f"{images}: need at least 2 map images, found {len(names)}")
 
     with atomic_map_dir(out, overwrite) as tmp:
-        extracted = extract_images(images, names, preset, skip_bad_images)
-        if reference is not None and extracted.skipped and not skip_bad_images:
-            raise ValueError(f"reference images could not be read: {sorted(extracted.skipped)}")
+        extracted = extract_images(images, names, preset, skip_bad_images)  # raises unless skipping
         names = [n for n in names if n in extracted.features]
-        whitening = Whitening.learn(np.stack([extracted.global_desc[n] for n in names]), preset.global_desc.pca_dim)
-        pairs = select_pairs(whitening(np.stack([extracted.global_desc[n] for n in names])),
-                             preset.pairs.num_retrieved, preset.pairs.num_sequential)
+        if len(names) < 2:
+            raise ValueError(f"{images}: fewer than 2 readable map images ({len(extracted.skipped)} skipped)")
+        raw = np.stack([extracted.global_desc[n] for n in names])
+        whitening = Whitening.learn(raw, preset.global_desc.pca_dim)
+        pairs = select_pairs(whitening(raw), preset.pairs.num_retrieved, preset.pairs.num_sequential)
         logger.info("%d images, %d pairs", len(names), len(pairs))
         with tempfile.TemporaryDirectory(dir=tmp) as work:
             db_path = Path(work) / "database.db"
