@@ -36,8 +36,9 @@ def read_image(path: Path | str | BinaryIO, grayscale: bool = False, name: str |
             im.load()  # decodes everything: a truncated file fails here
             im = im.convert("L" if grayscale else "RGB")
             array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(f"{label}: cannot read image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        detail = exc if isinstance(path, Path) else type(exc).__name__  # a stream's repr says nothing
+        raise ImageReadError(f"{label}: cannot read image ({detail})") from exc
     if array.size == 0:
         raise ImageReadError(f"{label}: image is empty")
     return array
