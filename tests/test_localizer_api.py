@@ -97,3 +97,12 @@ def test_localizing_writes_nothing_into_the_map(kitti_map, localizer, kitti, cam
     localizer.localize(kitti.images / QUERY, camera)
     Localizer.load(kitti_map).localize(kitti.images / QUERY)
     assert snapshot() == before
+
+
+def test_top_level_names_are_lazy():
+    import subprocess
+    import sys
+
+    code = "import sys, vloc; assert 'torch' not in sys.modules; print(vloc.Localizer.__name__, vloc.Tracker.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["Localizer", "Tracker"]
