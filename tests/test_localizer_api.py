@@ -87,6 +87,12 @@ def test_right_prior_uses_nearby_images_and_wrong_prior_recovers(localizer, kitt
     result = localizer.localize(kitti.images / QUERY, camera, prior=Prior(far, radius=2.0))
     assert_accurate(result, truth)
     assert result.retrieval == "global after prior"
+    # the previous result as the prior (default radius); a failed result means no prior
+    again = localizer.localize(kitti.images / QUERY, camera, prior=result)
+    assert_accurate(again, truth)
+    assert again.retrieval == "prior" and localizer.prior_radius > 0
+    failed = localizer.localize(b"not an image")
+    assert localizer.localize(kitti.images / QUERY, camera, prior=failed).retrieval == "global"
 
 
 def test_localizing_writes_nothing_into_the_map(kitti_map, localizer, kitti, camera):

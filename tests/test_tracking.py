@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from vloc.cli import main
 from vloc.evaluation.metrics import pose_error
 from vloc.io.cameras import read_queries
@@ -34,3 +36,28 @@ def test_track_kitti_queries_in_order(kitti, kitti_map, tmp_path):
     kitti_poses = read_kitti_poses(out / "traj.kitti")
     for a, (_, b) in zip(kitti_poses, tum, strict=True):
         assert pose_error(a, b)[0] < 1e-6
+
+
+def test_track_a_video(kitti, kitti_map, tmp_path):
+    import cv2
+
+    queries = read_queries(kitti.queries)[:4]
+    video = tmp_path / "drive.avi"
+    # MJPG wants an even width: drop the last column (the principal point does not move)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (1240, 376))
+    assert writer.isOpened()
+    for q in queries:
+        writer.write(np.ascontiguousarray(cv2.imread(str(kitti.images / q.name))[:, :1240]))
+    writer.release()
+    cam = queries[0].camera
+    camera = " ".join([cam.model.name, "1240", str(cam.height)] + [str(p) for p in cam.params])
+    tum = tmp_path / "traj.tum"
+    assert main(["track", "--map", str(kitti_map), "--frames", str(video), "--camera", camera,
+                 "--tum", str(tum)]) == 0
+    poses = read_tum_trajectory(tum)
+    assert [round(t, 3) for t, _ in poses] == [0.0, 0.2, 0.4, 0.6]
+    gt = read_poses(kitti.gt)
+    for (_, pose), q in zip(poses, queries, strict=True):
+        dt, dr = pose_error(pose, gt[q.name])  # MJPG compression: a little looser than from PNG
+        assert dt < 0.1 and dr < 0.3
+    assert main(["track", "--map", str(kitti_map), "--frames", str(tmp_path / "nothing.mp4")]) == 2

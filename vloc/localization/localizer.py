@@ -121,7 +121,7 @@ class Localizer:
 
     def localize(
         self, image: ImageInput, camera: pycolmap.Camera | dict | None = None,
-        prior: Prior | None = None, name: str | None = None,
+        prior: Prior | LocalizationResult | None = None, name: str | None = None,
     ) -> LocalizationResult:
         """Localize one image.
 
@@ -131,12 +131,15 @@ class Localizer:
             camera: a pycolmap camera, a dict ``{"model", "width", "height", "params"}``, or None:
                 the EXIF focal length when the file or bytes carry one, else the focal length
                 is estimated with the pose. ``result.intrinsics_source`` says which.
-            prior: restrict retrieval to map images near a believed pose; when that fails, the
-                query is retried with global retrieval.
+            prior: restrict retrieval to map images near a believed pose: a :class:`Prior`, or
+                the previous result (its pose, within :attr:`prior_radius`; a failed result
+                means no prior). When the nearby images fail, global retrieval is tried.
         Returns:
             a :class:`LocalizationResult`; on any failure ``success`` is False and ``reason`` says why.
         """
         t0 = time.perf_counter()
+        if isinstance(prior, LocalizationResult):
+            prior = Prior.from_result(prior, self.prior_radius)
         if name is None:
             name = Path(image).name if isinstance(image, (str, Path)) else "query"
         try:
@@ -147,6 +150,16 @@ class Localizer:
             result = self._localize(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
         return result
+
+    @property
+    def prior_radius(self) -> float:
+        """Default prior radius: 5x the median distance from each map image to its nearest
+        neighbour (map units)."""
+        if len(self._centres) < 2:
+            return float("inf")
+        d = np.linalg.norm(self._centres[:, None] - self._centres[None], axis=2)
+        np.fill_diagonal(d, np.inf)
+        return 5.0 * float(np.median(d.min(axis=1)))
 
     def _candidate_points(self, retrieved: list[str]) -> tuple[torch.Tensor, np.ndarray]:
         """Descriptors ``(M, D)`` and point3D ids ``(M,)`` of the 3D points the retrieved images

@@ -6,23 +6,12 @@ from pathlib import Path
 from typing import Iterator
 
 import cv2
-import numpy as np
 import pycolmap
 
 from vloc.io.images import list_images
 from vloc.localization.localizer import ImageInput, LocalizationResult, Localizer, Prior
 
 logger = logging.getLogger(__name__)
-
-
-def default_radius(localizer: Localizer, factor: float = 5.0) -> float:
-    """``factor`` x the median distance from each map image to its nearest neighbour (map units)."""
-    centres = localizer._centres
-    if len(centres) < 2:
-        return float("inf")
-    d = np.linalg.norm(centres[:, None] - centres[None], axis=2)
-    np.fill_diagonal(d, np.inf)
-    return factor * float(np.median(d.min(axis=1)))
 
 
 class Tracker:
@@ -32,7 +21,7 @@ class Tracker:
 
     def __init__(self, localizer: Localizer, radius: float | None = None, camera: pycolmap.Camera | dict | None = None):
         self.localizer = localizer
-        self.radius = default_radius(localizer) if radius is None else radius
+        self.radius = localizer.prior_radius if radius is None else radius
         self.camera = camera
         self.last: LocalizationResult | None = None
 
