@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+import signal
 import socket
 import sys
 import threading
@@ -456,11 +457,19 @@ def make_server(localizer: Localizer, host: str = "127.0.0.1", port: int = 8000,
     return LocalizationServer((host, port), localizer, max_bytes)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(map_dir: Path | str, host: str = "127.0.0.1", port: int = 8000, preset: str | None = None,
           max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-    """Load ``map_dir`` once and serve it until interrupted (Ctrl-C / SIGINT)."""
+    """Load ``map_dir`` once and serve it until interrupted (Ctrl-C / SIGINT, or SIGTERM as sent
+    by systemd and container runtimes): requests in flight finish, then the server closes."""
     localizer = Localizer.load(map_dir, preset)
     server = make_server(localizer, host, port, max_bytes)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         bound_host, bound_port = server.server_address[:2]
         logger.info("serving map %s (%s) at http://%s:%d (API: /openapi.json)", map_dir,
@@ -470,3 +479,5 @@ def serve(map_dir: Path | str, host: str = "127.0.0.1", port: int = 8000, preset
         logger.info("interrupted: shutting down")
     finally:
         server.server_close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
