@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vloc.io.cameras import camera_from_fields
+from vloc.io.cameras import camera_from_text
 from vloc.localization.localizer import Localizer
 from vloc.localization.tracking import Tracker, iter_frames
 
@@ -77,10 +77,7 @@ def main() -> None:
     parser.add_argument("--frames", type=Path, help="without rclpy: an image folder to run instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    camera = None
-    if args.camera:
-        model, width, height, *params = args.camera.split()
-        camera = camera_from_fields(model, int(width), int(height), [float(p) for p in params], "--camera")
+    camera = camera_from_text(args.camera, "--camera") if args.camera else None
     tracker = Tracker(Localizer.load(args.map), camera=camera)
     try:
         import rclpy  # noqa: F401

@@ -67,15 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_track(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from vloc.io.cameras import camera_from_fields
+    from vloc.io.cameras import camera_from_text
     from vloc.io.trajectories import write_kitti_poses, write_tum_trajectory
     from vloc.localization.localizer import Localizer
     from vloc.localization.tracking import Tracker, iter_frames
 
-    camera = None
-    if args.camera:
-        model, width, height, *params = args.camera.split()
-        camera = camera_from_fields(model, int(width), int(height), [float(p) for p in params], "--camera")
+    camera = camera_from_text(args.camera, "--camera") if args.camera else None
     tracker = Tracker(Localizer.load(args.map, args.preset), args.radius, camera)
     stamped, log = [], []
     for stamp, name, image in tqdm(iter_frames(args.frames, args.fps), desc="track", unit="frame"):

@@ -23,6 +23,15 @@ def camera_from_fields(model: str, width: int, height: int, params: list[float],
     return camera
 
 
+def camera_from_text(fields: list[str] | str, where: str) -> pycolmap.Camera:
+    """``MODEL width height params...`` (a string or its fields) -> pycolmap camera."""
+    fields = fields.split() if isinstance(fields, str) else fields
+    if len(fields) < 4:
+        raise ValueError(f"{where}: expected 'MODEL width height params...', got {' '.join(fields)!r}")
+    width, height, *params = parse_floats(fields[1:], where)
+    return camera_from_fields(fields[0], int(width), int(height), params, where)
+
+
 def camera_to_fields(camera: pycolmap.Camera) -> list[str]:
     """The inverse of :func:`camera_from_fields`, as strings for a text line."""
     return [camera.model.name, str(camera.width), str(camera.height)] + [repr(float(p)) for p in camera.params]
@@ -52,6 +61,5 @@ def read_queries(path: Path | str) -> list[Query]:
             raise ValueError(f"{where}: expected 'name' or 'name MODEL width height params...', "
                              f"got {' '.join(fields)!r}")
         else:
-            width, height, *params = parse_floats(fields[2:], where)
-            queries.append(Query(fields[0], camera_from_fields(fields[1], int(width), int(height), params, where)))
+            queries.append(Query(fields[0], camera_from_text(fields[1:], where)))
     return queries
