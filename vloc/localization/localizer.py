@@ -100,8 +100,8 @@ class Localizer:
         self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
         self.whitening = data.whitening
         self._whitened = self.whitening(data.global_raw)  # rows of the FAISS index, for prior search
-        self._centres = np.stack([data.reconstruction.find_image_with_name(n).projection_center()
-                                  for n in self.names])
+        by_name = {im.name: im for im in data.reconstruction.images.values()}
+        self._centres = np.stack([by_name[n].projection_center() for n in self.names])
         self.images = {n: _MapImage(data.features[n].descriptors, data.point3D_ids[n]) for n in self.names}
         ids = np.array(sorted(data.reconstruction.points3D), dtype=np.int64)
         self._xyz = np.stack([data.reconstruction.points3D[i].xyz for i in ids]) if len(ids) else np.zeros((0, 3))
