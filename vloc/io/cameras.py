@@ -23,6 +23,18 @@ def camera_from_fields(model: str, width: int, height: int, params: list[float],
     return camera
 
 
+FOCAL_GUESS_FACTOR = 1.2  # focal guess, in units of the longest image side, when nothing is known
+
+
+def initial_camera(width: int, height: int, focal: float | None = None) -> pycolmap.Camera:
+    """SIMPLE_RADIAL starting camera: ``focal`` (e.g. from EXIF) or ``1.2 * max(width, height)``,
+    principal point at the image centre, no distortion; to be refined by SfM or the pose solver."""
+    if focal is None:
+        focal = FOCAL_GUESS_FACTOR * max(width, height)
+    return pycolmap.Camera(model="SIMPLE_RADIAL", width=width, height=height,
+                           params=[focal, width / 2, height / 2, 0.0])
+
+
 def camera_from_text(fields: list[str] | str, where: str) -> pycolmap.Camera:
     """``MODEL width height params...`` (a string or its fields) -> pycolmap camera."""
     fields = fields.split() if isinstance(fields, str) else fields

@@ -22,7 +22,7 @@ import torch
 
 from vloc.config import Preset, check_compatible, get_preset
 from vloc.features import make_extractor
-from vloc.io.cameras import camera_from_dict
+from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.mapping.map_dir import load_map, read_manifest
@@ -266,6 +266,4 @@ def _prepare(image: ImageInput, camera: pycolmap.Camera | dict | None,
             raise ValueError(f"{name}: camera is {camera.width}x{camera.height} but the image is {w}x{h}")
         return array, camera, "given"
     focal = exif_focal_px(exif_source) if exif_source is not None else None
-    source = "exif" if focal is not None else "estimated"
-    guess = focal if focal is not None else 1.2 * max(w, h)
-    return array, pycolmap.Camera(model="SIMPLE_RADIAL", width=w, height=h, params=[guess, w / 2, h / 2, 0.0]), source
+    return array, initial_camera(w, h, focal), "exif" if focal is not None else "estimated"

@@ -12,6 +12,7 @@ import pycolmap
 from tqdm import tqdm
 
 from vloc.config import Preset
+from vloc.io.cameras import initial_camera
 from vloc.io.images import exif_focal_px, list_images
 from vloc.io.text import data_lines
 from vloc.mapping.database import write_database
@@ -136,9 +137,7 @@ def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolm
         key = (width, height, None if focal is None else round(focal, 1))
         if key not in groups:
             groups[key] = len(groups) + 1
-            cameras[groups[key]] = pycolmap.Camera(
-                model="SIMPLE_RADIAL", width=width, height=height,
-                params=[focal or 1.2 * max(width, height), width / 2, height / 2, 0.0])
+            cameras[groups[key]] = initial_camera(width, height, focal)
             logger.info("camera %d: %dx%d, initial focal %.1f px (%s)", groups[key], width, height,
                         cameras[groups[key]].params[0], "EXIF" if focal else "no EXIF: 1.2 * max side")
         camera_of_image.append(groups[key])
