@@ -1,0 +1,1 @@
+"""DELG training (:mod:`vloc.training.trainer`) and map-adaptive training (:mod:`vloc.training.adapt`)."""
