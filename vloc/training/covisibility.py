@@ -40,13 +40,20 @@ def covisibility_clusters(reconstruction: pycolmap.Reconstruction, min_ratio: fl
                           min_shared: int = 20) -> dict[str, int]:
     """``{image name: label}`` for every registered image; labels are ``0..K-1``, ordered by the
     first image name of each cluster. See the module docstring for the rule."""
-    if not 0 < min_ratio <= 1 or min_shared < 1:
-        raise ValueError(f"need 0 < min_ratio <= 1 and min_shared >= 1, got {min_ratio}, {min_shared}")
     names, shared = shared_points(reconstruction)
     if len(names) == 0:
         raise ValueError("the reconstruction has no registered images")
-    if len(names) == 1:
-        return {names[0]: 0}
+    return dict(zip(names, cluster_shared(shared, min_ratio, min_shared).tolist(), strict=True))
+
+
+def cluster_shared(shared: np.ndarray, min_ratio: float = 0.5, min_shared: int = 20) -> np.ndarray:
+    """``(N,)`` labels ``0..K-1`` (in order of first appearance) from an ``(N, N)`` shared-point
+    matrix whose diagonal holds each image's point count."""
+    if not 0 < min_ratio <= 1 or min_shared < 1:
+        raise ValueError(f"need 0 < min_ratio <= 1 and min_shared >= 1, got {min_ratio}, {min_shared}")
+    n = len(shared)
+    if n < 2:
+        return np.zeros(n, np.int64)
     own = np.diag(shared).astype(np.float64)
     ratio = shared / np.maximum(np.minimum(own[:, None], own[None, :]), 1.0)
     ratio[shared < min_shared] = 0.0
@@ -55,6 +62,4 @@ def covisibility_clusters(reconstruction: pycolmap.Reconstruction, min_ratio: fl
     tree = linkage(squareform(distance, checks=False), method="complete")
     raw = fcluster(tree, t=1.0 - min_ratio + 1e-9, criterion="distance")
     relabel: dict[int, int] = {}
-    for r in raw:  # names are sorted: labels follow the first image of each cluster
-        relabel.setdefault(int(r), len(relabel))
-    return {n: relabel[int(r)] for n, r in zip(names, raw, strict=True)}
+    return np.array([relabel.setdefault(int(r), len(relabel)) for r in raw], np.int64)

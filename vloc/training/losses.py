@@ -60,11 +60,12 @@ class AttentionClassifier(nn.Module):
 
     @staticmethod
     def pool(attention: torch.Tensor, conv4: torch.Tensor) -> torch.Tensor:
-        """``attention (B,1,h,w)`` x ``conv4 (B,C,h,w)`` -> ``(B, C)``: sum over positions of the
-        attention-weighted, channel-L2-normalised conv4 vectors, divided by ``h * w`` so that the
-        loss does not depend on the image size. conv4 is detached here."""
+        """``attention (B,1,h,w)`` x ``conv4 (B,C,h,w)`` -> ``(B, C)``: the sum over positions of
+        the attention-weighted, channel-L2-normalised conv4 vectors (conv4 detached here). A sum,
+        as in the paper, not a mean: with a mean the pooled vector is tiny and the classifier
+        (hence the attention) learns far more slowly."""
         features = F.normalize(conv4.detach(), dim=1)
-        return (attention * features).mean(dim=(2, 3))
+        return (attention * features).sum(dim=(2, 3))
 
     def forward(self, attention: torch.Tensor, conv4: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.fc(self.pool(attention, conv4)), labels)
@@ -91,8 +92,8 @@ class LossTerms:
         return self.attention + self.reconstruction_weight * self.reconstruction
 
     def as_floats(self) -> dict[str, float]:
-        return dict(arcface=float(self.arcface), attention=float(self.attention),
-                    reconstruction=float(self.reconstruction), total=float(self.total))
+        return dict(arcface=self.arcface.item(), attention=self.attention.item(),
+                    reconstruction=self.reconstruction.item(), total=self.total.item())
 
 
 class DELGLoss(nn.Module):
