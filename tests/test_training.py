@@ -11,7 +11,7 @@ from vloc.models.delg import preprocess
 from vloc.training.covisibility import cluster_shared, covisibility_clusters, shared_points
 from vloc.training.data import BatchSampler, from_mapping, read_csv_labels, split_train_val
 from vloc.training.losses import ARCFACE_SCALE, ArcFace
-from vloc.training.trainer import Trainer, TrainConf, retrieval_metrics, set_trainable, train_mode
+from vloc.training.trainer import TrainConf, Trainer, retrieval_metrics, set_trainable, train_mode
 
 SCENES = ("kitti", "virtual_gallery", "sacre_coeur")
 

@@ -4,9 +4,10 @@ Rule (complete linkage on covisibility): two registered images are *covisible* w
 at least ``min_shared`` common 3D points and these are at least ``min_ratio`` of the points seen by
 the one of the two that sees fewer (``shared / min(n_i, n_j)``). Images are merged
 agglomeratively so that **every two images of a cluster are covisible** (complete linkage on the
-distance ``1 - ratio``, with ratio 0 below ``min_shared``, cut at ``1 - min_ratio``). Connected components would chain a whole drive or walk into one label; complete
-linkage keeps each label to a place that all its images see, which is what an image-level
-retrieval label means. Images that share ``min_shared`` points with no one stay singletons.
+distance ``1 - ratio``, with ratio 0 below ``min_shared``, cut at ``1 - min_ratio``). Connected
+components would chain a whole drive or walk into one label; complete linkage keeps each label to
+a place that all its images see, which is what an image-level retrieval label means. Images
+covisible with no other image stay singletons.
 
 Cost: the image x image count matrix is computed from a sparse incidence matrix; the linkage
 needs the dense ``N x N`` condensed distances (fine up to a few tens of thousands of images).
