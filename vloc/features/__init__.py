@@ -9,11 +9,13 @@ from typing import Callable
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
+from vloc.features.delg import DelgExtractor
 from vloc.features.sift import SiftExtractor
 from vloc.registry import create
 
 EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
     "sift": SiftExtractor,
+    "delg": DelgExtractor,
 }
 
 
