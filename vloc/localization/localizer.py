@@ -25,7 +25,7 @@ from vloc.features import make_extractor
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
-from vloc.mapping.map_dir import load_map, read_manifest
+from vloc.mapping.map_dir import global_conf_in_map, load_map, map_preset, read_manifest
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
@@ -94,6 +94,7 @@ class Localizer:
 
     def __init__(self, map_dir: Path, preset: Preset):
         data = load_map(map_dir)
+        preset = map_preset(preset, data.manifest)  # an adapted map brings its own global model
         check_compatible(data.manifest["preset"], preset, str(map_dir))
         self.map_dir, self.preset, self.manifest = Path(map_dir), preset, data.manifest
         self.names = data.global_names
@@ -108,7 +109,7 @@ class Localizer:
         self._row_of_point = {int(i): r for r, i in enumerate(ids)}
         self.extractor = make_extractor(preset.query_features)
         self.matcher = make_matcher(preset.matcher)
-        self.global_model = make_global_model(preset.global_desc)
+        self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir))
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vloc-global")
 

@@ -20,7 +20,7 @@ from vloc.config import Preset, RerankConf, check_compatible, get_preset
 from vloc.features import make_extractor
 from vloc.io.images import read_image
 from vloc.io.poses import write_text_atomic
-from vloc.mapping.map_dir import load_map, read_manifest
+from vloc.mapping.map_dir import global_conf_in_map, load_map, map_preset, read_manifest
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
@@ -32,13 +32,14 @@ class MapRetriever:
 
     def __init__(self, map_dir: Path, preset: Preset):
         data = load_map(map_dir)
+        preset = map_preset(preset, data.manifest)  # an adapted map brings its own global model
         check_compatible(data.manifest["preset"], preset, str(map_dir))
         self.map_dir, self.preset = Path(map_dir), preset
         self.names = data.global_names
         self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
         self.whitening = data.whitening
         self.features = data.features
-        self.global_model = make_global_model(preset.global_desc)
+        self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir))
         self.extractor = make_extractor(preset.query_features)
         self.matcher = make_matcher(preset.matcher)
 

@@ -78,6 +78,7 @@ def build_map(
             else:
                 rec = _sfm(names, pairs, extracted, preset, db_path, images, Path(work), mapper)
         data = _map_data(rec, extracted, whitening, preset, reference, mapper)
+        data.manifest["source"]["images"] = str(images.resolve())  # where `vloc map adapt` finds them
         write_map(tmp, data)
     logger.info("map written to %s: %s", out, data.manifest.get("summary"))
     return data

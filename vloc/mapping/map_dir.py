@@ -7,12 +7,18 @@ MAP/
   features.h5          per image: keypoints, descriptors, scores, point3D_ids (see vloc.io.h5)
   global.npz           names, raw global descriptors, whitening (mean, projection)
   global.faiss         FAISS inner-product index over the whitened descriptors, rows = names
+  delg-adapted.pt      only after `vloc map adapt`: the map's own DELG weights (see below)
 ```
+A map adapted by ``vloc map adapt`` carries its global model: the manifest's
+``preset.global_desc`` names it with a weights path relative to the map directory, and its
+``adaptation`` entry says how it was trained. :func:`map_preset` gives any preset that map's
+global descriptor, and :func:`global_conf_in_map` resolves the relative weights path.
 A map is written into a sibling temporary directory and renamed into place as the last step,
 so an interrupted build never leaves a directory that :func:`load_map` accepts.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +34,7 @@ import numpy as np
 import pycolmap
 
 from vloc import __version__
+from vloc.config import GlobalConf, Preset
 from vloc.features.base import Features
 from vloc.io.h5 import read_features, write_features
 from vloc.retrieval.index import Whitening, build_index
@@ -122,3 +129,27 @@ def load_map(directory: Path) -> MapData:
     g = np.load(directory / "global.npz")
     return MapData(reconstruction, features, point3D_ids, [str(n) for n in g["names"]], g["descriptors"],
                    Whitening(g["mean"], g["projection"]), manifest)
+
+
+def stored_global_conf(manifest: dict) -> GlobalConf:
+    """The global descriptor configuration recorded in a map's manifest (missing fields: defaults)."""
+    stored = manifest["preset"]["global_desc"]
+    unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(GlobalConf)})
+    if unknown:
+        raise MapFormatError(f"map manifest: global_desc has fields this vloc does not know: {unknown}")
+    return GlobalConf(**stored)
+
+
+def map_preset(preset: Preset, manifest: dict) -> Preset:
+    """``preset`` with the map's own global descriptor when the map carries its weights (an adapted
+    map); unchanged otherwise. Localizing an adapted map thus always uses its adapted model."""
+    if "adaptation" not in manifest:
+        return preset
+    return preset.with_overrides(global_desc=stored_global_conf(manifest))
+
+
+def global_conf_in_map(conf: GlobalConf, directory: Path) -> GlobalConf:
+    """``conf`` with a weights path relative to the map directory made absolute (when it is there)."""
+    if conf.weights and not Path(conf.weights).is_absolute() and (Path(directory) / conf.weights).is_file():
+        return dataclasses.replace(conf, weights=str((Path(directory) / conf.weights).resolve()))
+    return conf

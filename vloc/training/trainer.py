@@ -230,7 +230,8 @@ class Trainer:
         """Train the remaining epochs, checkpointing after each; returns the history."""
         if self.epoch == 0 and not self.history:
             self.history.append(dict(epoch=0, validation=self.validate()))
-            logger.info("before training: validation %s", self.history[-1]["validation"])
+            if len(self.val_set):
+                logger.info("before training: validation %s", self.history[-1]["validation"])
         while self.epoch < self.conf.epochs:
             t0 = time.perf_counter()
             sums: dict[str, float] = {}
@@ -244,8 +245,8 @@ class Trainer:
             record = dict(epoch=self.epoch, losses={k: v / len(self.sampler) for k, v in sums.items()},
                           validation=self.validate(), seconds=round(time.perf_counter() - t0, 2))
             self.history.append(record)
-            logger.info("epoch %d: losses %s, validation %s", self.epoch,
-                        {k: round(v, 4) for k, v in record["losses"].items()}, record["validation"])
+            logger.info("epoch %d: losses %s%s", self.epoch, {k: round(v, 4) for k, v in record["losses"].items()},
+                        f", validation {record['validation']}" if len(self.val_set) else "")
             self.save()
         return self.history
 
