@@ -162,3 +162,63 @@ def test_covisibility_clusters_synthetic():
     # complete linkage: a chain a-b-c with a, c not covisible is not one label
     chain = np.array([[100, 80, 0], [80, 100, 80], [0, 80, 100]])
     assert len(set(cluster_shared(chain).tolist())) == 2
+
+
+def test_cli_train_delg_and_resume(three_scenes, tmp_path):
+    from vloc.cli import main
+    from vloc.models.delg import load_delg
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text("image,label\n" + "".join(f"{n},{three_scenes.classes[k]}\n"
+                                             for n, k in zip(three_scenes.names, three_scenes.labels, strict=True)))
+    args = ["train", "delg", "--images", str(three_scenes.root), "--csv", str(csv), "--out", str(tmp_path / "ckpt"),
+            "--image-size", "64", "--batch-size", "9", "--val-fraction", "0.25"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert main(args + ["--epochs", "2", "--resume"]) == 0
+    model = load_delg(tmp_path / "ckpt" / "delg.pt")
+    assert model.variant == "small" and model.extra["training"]["epoch"] == 2
+    assert model.extra["training"]["validation"]["num_queries"] == 3
+    assert main(["train", "delg", "--images", str(tmp_path), "--out", str(tmp_path / "x")]) == 2  # no class folders
+
+
+@pytest.mark.slow
+def test_map_adapt(kitti, kitti_map, tmp_path):
+    import json
+    import shutil
+
+    from vloc.io.cameras import read_queries
+    from vloc.localization.localizer import Localizer
+    from vloc.mapping.map_dir import load_map
+    from vloc.training.adapt import WEIGHTS_FILE, AdaptConf, adapt_map
+
+    map_dir = tmp_path / "map"
+    shutil.copytree(kitti_map, map_dir)  # the fixture map is shared with other tests
+    before = (map_dir / "manifest.json").read_text()
+    bad = tmp_path / "bad_images"
+    bad.mkdir()
+    quick = AdaptConf(train=TrainConf(image_size=96, epochs=1, val_fraction=0.0))
+    with pytest.raises(FileNotFoundError, match="10 of the map's images are missing"):
+        adapt_map(map_dir, quick, images=bad)
+    for name in load_map(map_dir).global_names:
+        (bad / name).write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image"):  # fails mid-way: the old map stays as it was
+        adapt_map(map_dir, quick, images=bad)
+    assert (map_dir / "manifest.json").read_text() == before and not (map_dir / WEIGHTS_FILE).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_images", "map"]
+
+    conf = AdaptConf(train=TrainConf(image_size=128, batch_size=5, epochs=2, val_fraction=0.0))
+    adaptation = adapt_map(map_dir, conf)  # images: the folder recorded by `map build`
+    manifest = json.loads((map_dir / "manifest.json").read_text())
+    assert manifest["preset"]["global_desc"]["name"] == "delg"
+    assert manifest["preset"]["global_desc"]["weights"] == WEIGHTS_FILE and (map_dir / WEIGHTS_FILE).is_file()
+    assert adaptation["clusters"]["count"] >= 2 and adaptation["previous_global_desc"]["name"] == "effnet_lite0_gem"
+    data = load_map(map_dir)
+    assert data.global_raw.shape == (10, 1280)
+    np.testing.assert_allclose(np.linalg.norm(data.global_raw, axis=1), 1.0, atol=1e-5)
+
+    localizer = Localizer.load(map_dir, "sift-fast")  # any preset: the map brings its global model
+    assert localizer.preset.global_desc.name == "delg"
+    query = read_queries(kitti.queries)[0]
+    result = localizer.localize(kitti.images / query.name, query.camera)
+    assert result.success, result.reason
+    assert len(result.retrieved) == 3

@@ -39,6 +39,33 @@ def cmd_map_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map_adapt(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vloc.training.adapt import AdaptConf, adapt_map
+
+    conf = AdaptConf()
+    train = dataclasses.replace(conf.train, **{k: v for k, v in dict(
+        epochs=args.epochs, image_size=args.image_size, backbone=args.backbone).items() if v is not None})
+    conf = dataclasses.replace(conf, train=train, **{k: v for k, v in dict(
+        min_ratio=args.min_ratio, min_shared=args.min_shared).items() if v is not None})
+    adaptation = adapt_map(args.map, conf, args.images)
+    print(f"{args.map}: global descriptor now delg/{train.variant} ({adaptation['weights']}), "
+          f"{adaptation['clusters']['count']} covisibility clusters, {train.epochs} epochs")
+    return 0
+
+
+def cmd_train_delg(args: argparse.Namespace) -> int:
+    from vloc.training.trainer import TrainConf, train_delg
+
+    conf = TrainConf(**{k: v for k, v in dict(variant=args.variant, epochs=args.epochs, image_size=args.image_size,
+                                               batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
+                                               val_fraction=args.val_fraction).items() if v is not None})
+    history = train_delg(args.images, args.out, conf, args.csv, args.resume, args.init)
+    print(f"{args.out}: epoch {history[-1]['epoch']}, validation {history[-1]['validation']}")
+    return 0
+
+
 def cmd_localize(args: argparse.Namespace) -> int:
     from vloc.io.cameras import read_queries
     from vloc.localization.batch import localize_queries, log_path_for
@@ -176,6 +203,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of stopping")
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(func=cmd_map_build)
+    ad = mp.add_parser("adapt", help="fine-tune DELG heads on the map's own images (labels: covisibility "
+                       "clusters), then rebuild its global descriptors and index with them")
+    ad.add_argument("map", type=Path)
+    ad.add_argument("--images", type=Path, help="the map's images (default: the folder it was built from)")
+    ad.add_argument("--epochs", type=int, help="default: 20")
+    ad.add_argument("--image-size", type=int, help="training crop size (default: 320)")
+    ad.add_argument("--backbone", choices=["frozen", "last", "all"], help="default: frozen (train the heads)")
+    ad.add_argument("--min-ratio", type=float, help="covisible: shared points / min(points of either) (default 0.5)")
+    ad.add_argument("--min-shared", type=int, help="covisible: at least this many shared 3D points (default 20)")
+    ad.set_defaults(func=cmd_map_adapt)
+
+    tn = sub.add_parser("train", help="train models").add_subparsers(dest="train_command", required=True)
+    td = tn.add_parser("delg", help="train DELG (ArcFace global + attention + autoencoder) on labelled images")
+    td.add_argument("--images", type=Path, required=True)
+    td.add_argument("--csv", type=Path, help="'image,label' CSV (or GLDv2 train.csv); default: a folder per class")
+    td.add_argument("--out", type=Path, required=True, help="checkpoint directory (delg.pt, train_state.pt, "
+                    "history.json)")
+    td.add_argument("--variant", choices=["small", "r50", "r101"], help="default: small")
+    td.add_argument("--init", type=Path, help="start from these DELG weights (default: ImageNet backbone)")
+    td.add_argument("--epochs", type=int)
+    td.add_argument("--image-size", type=int)
+    td.add_argument("--batch-size", type=int)
+    td.add_argument("--lr", type=float)
+    td.add_argument("--backbone", choices=["frozen", "last", "all"], help="default: frozen (train the heads)")
+    td.add_argument("--val-fraction", type=float, help="held out per class for validation (default 0.2)")
+    td.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    td.set_defaults(func=cmd_train_delg)
 
     loc = sub.add_parser("localize", help="localize query images against a map")
     loc.add_argument("--map", type=Path, required=True)

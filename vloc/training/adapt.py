@@ -94,6 +94,9 @@ def adapt_map(map_dir: Path | str, conf: AdaptConf = AdaptConf(), images: Path |
     map_dir = Path(map_dir)
     data = load_map(map_dir)
     image_dir = map_images_dir(data.manifest, images, map_dir)
+    missing = [n for n in data.global_names if not (image_dir / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{image_dir}: {len(missing)} of the map's images are missing, e.g. {missing[:3]}")
     labels = _labels(data, conf, map_dir)
     old = stored_global_conf(data.manifest)
     init = None

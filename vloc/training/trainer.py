@@ -26,7 +26,15 @@ from torch import nn
 from tqdm import tqdm
 
 from vloc.models.delg import DELG, build_delg, load_delg, preprocess, save_delg
-from vloc.training.data import BatchSampler, ImageLoader, LabelledSet, resize_longest
+from vloc.training.data import (
+    BatchSampler,
+    ImageLoader,
+    LabelledSet,
+    read_class_folders,
+    read_csv_labels,
+    resize_longest,
+    split_train_val,
+)
 from vloc.training.losses import ARCFACE_MARGIN, ARCFACE_SCALE, RECONSTRUCTION_WEIGHT, DELGLoss, LossTerms
 
 logger = logging.getLogger(__name__)
@@ -263,3 +271,13 @@ class Trainer:
                      self.out_dir / STATE_FILE)
         (self.out_dir / HISTORY_FILE).write_text(json.dumps(self.history, indent=1, default=float))
         return self.out_dir / MODEL_FILE
+
+
+def train_delg(images: Path | str, out_dir: Path | str, conf: TrainConf = TrainConf(), csv: Path | str | None = None,
+               resume: bool = False, init_weights: Path | str | None = None) -> list[dict]:
+    """``vloc train delg``: labels from ``csv`` (``image,label`` or GLDv2 layout) or from one
+    sub-folder per class, a held-out split per class for validation, then :meth:`Trainer.fit`."""
+    data = read_csv_labels(images, csv) if csv is not None else read_class_folders(images)
+    train, val = split_train_val(data, conf.val_fraction, conf.seed)
+    logger.info("%d classes: %d training images, %d validation images", data.num_classes, len(train), len(val))
+    return Trainer(conf, train, val, out_dir, init_weights, resume).fit()
