@@ -256,6 +256,8 @@ class Trainer:
             logger.info("epoch %d: losses %s%s", self.epoch, {k: round(v, 4) for k, v in record["losses"].items()},
                         f", validation {record['validation']}" if len(self.val_set) else "")
             self.save()
+        if not (self.out_dir / MODEL_FILE).is_file():  # zero epochs: the initial model is the result
+            self.save()
         return self.history
 
     def save(self) -> Path:
