@@ -180,6 +180,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                                                 "created") if k in manifest}, indent=1))
     print(f"preset: {manifest['preset']['name']}  features: {manifest['preset']['features']}  "
           f"global: {manifest['preset']['global_desc']}")
+    if "adaptation" in manifest:
+        a = manifest["adaptation"]
+        print(f"adapted (vloc map adapt): {a['weights']}, {a['clusters']['count']} covisibility clusters, "
+              f"{a['train']['epochs']} epochs, from {a['previous_global_desc']['name']}")
     return 0
 
 
