@@ -15,8 +15,12 @@ A query's relevant map images are those covisible with it at its ground-truth po
 (:func:`vloc.evaluation.retrieval.covisible_images`: at least 20 of the map's 3D points that
 project into the query also observed by the map image). On these small maps most map images
 are covisible with most queries, so recall@k saturates; the ranking-sensitive figures are the
-mAP over the covisible images and ``best@1``: the top-1 is the map image sharing the most points
-with the query. Also printed: queries localized by the Localizer on each map, adaptation time.
+mAP over the covisible images, ``best@1`` (the top-1 is the map image sharing the most points
+with the query) and ``share@1`` (points the top-1 shares with the query / the most any map image
+shares, averaged over queries). Each figure is given for the map's pipeline (PCA-whitened, as
+the Localizer retrieves) and for the raw descriptors (``raw``): the map's PCA-whitening, learned
+from a handful of images, undoes most of any linear change to the descriptors, including a
+trained whitening FC. Also printed: queries localized by the Localizer, adaptation time.
 """
 from __future__ import annotations
 
@@ -44,13 +48,25 @@ from vloc.training.adapt import AdaptConf, adapt_map, adapted_global_conf
 VARIANTS = ("base", "delg0", "adapted")
 
 
-def retrieval(map_dir: Path, image_dir: Path, names: list[str]) -> list[list[str]]:
-    """Map image names ranked for each query by the map's own global model and whitening."""
+def rankings(map_dir: Path, image_dir: Path, names: list[str]) -> dict[str, list[list[str]]]:
+    """Map image names ranked for each query by the map's own global model: ``{"white": ..., "raw": ...}``."""
     data = load_map(map_dir)
     model = make_global_model(adapted_global_conf(map_dir))
-    queries = np.concatenate([data.whitening(model(read_image(image_dir / n))) for n in names])
-    order = np.argsort(-(queries @ data.whitening(data.global_raw).T), axis=1)
-    return [[data.global_names[i] for i in row] for row in order]
+    raw = np.stack([model(read_image(image_dir / n)) for n in names])
+    scores = dict(white=data.whitening(raw) @ data.whitening(data.global_raw).T, raw=raw @ data.global_raw.T)
+    return {k: [[data.global_names[i] for i in row] for row in np.argsort(-v, axis=1)] for k, v in scores.items()}
+
+
+def metrics(ranked: list[list[str]], counts: list[dict[str, int]]) -> dict[str, float]:
+    """R@1, R@5, mAP over covisible images, best@1 and share@1 (see the module docstring)."""
+    relevant = [set(c) for c in counts]
+    rec = recall_at_k(ranked, relevant, (1, 5))
+    pairs = [(r, c) for r, c in zip(ranked, counts, strict=True) if c]
+    aps = [average_precision(positive_ranks(np.arange(len(r)), [i for i, n in enumerate(r) if n in c]), len(c))
+           for r, c in pairs]
+    return dict(recall_at_1=rec.recall[1], recall_at_5=rec.recall[5], evaluated=rec.evaluated, mAP=float(np.mean(aps)),
+                best_at_1=float(np.mean([r[0] == max(c, key=c.get) for r, c in pairs])),
+                share_at_1=float(np.mean([c.get(r[0], 0) / max(c.values()) for r, c in pairs])))
 
 
 def run_set(name: str, data_root: Path, maps: Path, conf: AdaptConf) -> dict:
@@ -62,8 +78,6 @@ def run_set(name: str, data_root: Path, maps: Path, conf: AdaptConf) -> dict:
     gt = read_poses(ds.gt)
     rec = load_map(base).reconstruction
     counts = [covisible_images(rec, q.camera, gt[q.name]) for q in queries]
-    relevant = [set(c) for c in counts]
-    best = [{max(c, key=c.get)} if c else set() for c in counts]
     out = dict(queries=len(queries), clusters=None)
     for variant in VARIANTS:
         map_dir = maps / f"{name}-{variant}"
@@ -77,15 +91,12 @@ def run_set(name: str, data_root: Path, maps: Path, conf: AdaptConf) -> dict:
                 conf, train=dataclasses.replace(conf.train, epochs=epochs)), images=ds.images)
             out["clusters"] = adaptation["clusters"]["sizes"]
         seconds = time.perf_counter() - t
-        ranked = retrieval(map_dir, ds.images, [q.name for q in queries])
-        rec_k = recall_at_k(ranked, relevant, (1, 5))
-        aps = [average_precision(positive_ranks(np.arange(len(r)), [i for i, n in enumerate(r) if n in good]),
-                                 len(good)) for r, good in zip(ranked, relevant, strict=True) if good]
+        ranked = rankings(map_dir, ds.images, [q.name for q in queries])
         localizer = Localizer.load(map_dir)
         localized = sum(localizer.localize(ds.images / q.name, q.camera).success for q in queries)
-        out[variant] = dict(recall_at_1=rec_k.recall[1], recall_at_5=rec_k.recall[5], evaluated=rec_k.evaluated,
-                            mAP=float(np.mean(aps)), best_at_1=recall_at_k(ranked, best, (1,)).recall[1],
-                            localized=localized, adapt_seconds=round(seconds, 1))
+        raw = metrics(ranked["raw"], counts)
+        out[variant] = dict(metrics(ranked["white"], counts), raw_mAP=raw["mAP"], raw_best_at_1=raw["best_at_1"],
+                            raw_share_at_1=raw["share_at_1"], localized=localized, adapt_seconds=round(seconds, 1))
     return out
 
 
@@ -103,15 +114,16 @@ def main() -> None:
     conf = dataclasses.replace(conf, train=dataclasses.replace(conf.train, epochs=args.epochs,
                                                                image_size=args.image_size, lr=args.lr))
     print(f"adaptation: {args.epochs} epochs, {args.image_size} px crops, lr {args.lr}, backbone frozen")
-    print(f"{'set':<16}{'variant':<9}{'R@1':>6}{'R@5':>6}{'mAP':>6}{'best@1':>7}{'eval':>6}{'loc':>6}{'adapt s':>9}"
-          "  clusters")
+    print(f"{'set':<16}{'variant':<9}{'R@1':>6}{'R@5':>6}{'mAP':>7}{'best@1':>7}{'share@1':>8}"
+          f"{'raw mAP':>8}{'best@1':>7}{'share@1':>8}{'eval':>5}{'loc':>6}{'adapt s':>8}  clusters")
     for name in args.sets:
         res = run_set(name, args.data, args.maps, conf)
         for variant in VARIANTS:
             r = res[variant]
-            print(f"{name:<16}{variant:<9}{r['recall_at_1']:>6.2f}{r['recall_at_5']:>6.2f}{r['mAP']:>6.3f}"
-                  f"{r['best_at_1']:>7.2f}{r['evaluated']:>6}"
-                  f"{str(r['localized']) + '/' + str(res['queries']):>6}{r['adapt_seconds']:>9.1f}  "
+            print(f"{name:<16}{variant:<9}{r['recall_at_1']:>6.2f}{r['recall_at_5']:>6.2f}{r['mAP']:>7.3f}"
+                  f"{r['best_at_1']:>7.2f}{r['share_at_1']:>8.3f}{r['raw_mAP']:>8.3f}{r['raw_best_at_1']:>7.2f}"
+                  f"{r['raw_share_at_1']:>8.3f}{r['evaluated']:>5}"
+                  f"{str(r['localized']) + '/' + str(res['queries']):>6}{r['adapt_seconds']:>8.1f}  "
                   f"{res['clusters'] if variant == 'adapted' else ''}", flush=True)
 
 
