@@ -114,7 +114,7 @@ def test_converter_names_cover_every_tensor(variant):
     assert len(set(names.values())) == len(names)
 
 
-@pytest.mark.parametrize("variant,size", [("r50", 320), ("r50", 321), ("small", 352), ("small", 355)])
+@pytest.mark.parametrize("variant,size", [("r50", 320), ("r50", 321), ("small", 416), ("small", 419)])
 def test_receptive_field_centres(variant, size):
     """The gradient support of a conv4 cell is its receptive field: its centre is where keypoints go."""
     torch.manual_seed(0)
