@@ -69,6 +69,12 @@ class LiteBackbone(nn.Module):
         return out
 
 
+# A strided layer before conv4: (kernel, stride, padding before: an int, or "same" for TF "SAME").
+StridedLayer = tuple[int, int, int | str]
+RESNET_STRIDED: tuple[StridedLayer, ...] = ((7, 2, 3), (3, 2, "same"), (3, 2, 1), (3, 2, 1))  # stem, pool, block1-2
+LITE0_STRIDED: tuple[StridedLayer, ...] = ((3, 2, "same"), (3, 2, "same"), (5, 2, "same"), (3, 2, "same"))
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     make_backbone: Callable[[bool], nn.Module]  # argument: load ImageNet weights (small only)
@@ -77,19 +83,29 @@ class VariantSpec:
     global_dim: int
     pixel_offset: float  # network input = (RGB - offset) / scale
     pixel_scale: float
-    # Receptive-field centre of conv4 cell (i, j), in pixels of the network input with the top-left
-    # pixel centre at 0: (16 j + rf_offset, 16 i + rf_offset). 0 for the TF-Slim ResNets as in the
-    # official extractor (the exact centre is 0 or 2 px further depending on the parity of the
-    # size); 7.5 for EfficientNet, whose stride-2 "SAME" convolutions pad at the end.
-    rf_offset: float
+    strided: tuple[StridedLayer, ...]  # the layers that set conv4's receptive-field centres
 
 
 DELG_VARIANTS: dict[str, VariantSpec] = {
-    "r50": VariantSpec(lambda pretrained: TFSlimResNet(50), 1024, 2048, 2048, 128.0, 128.0, 0.0),
-    "r101": VariantSpec(lambda pretrained: TFSlimResNet(101), 1024, 2048, 2048, 128.0, 128.0, 0.0),
-    "small": VariantSpec(lambda pretrained: LiteBackbone(pretrained), 112, 1280, 1280, 127.5, 127.5, 7.5),
+    "r50": VariantSpec(lambda pretrained: TFSlimResNet(50), 1024, 2048, 2048, 128.0, 128.0, RESNET_STRIDED),
+    "r101": VariantSpec(lambda pretrained: TFSlimResNet(101), 1024, 2048, 2048, 128.0, 128.0, RESNET_STRIDED),
+    "small": VariantSpec(lambda pretrained: LiteBackbone(pretrained), 112, 1280, 1280, 127.5, 127.5, LITE0_STRIDED),
 }
-CONV4_STRIDE = 16
+
+
+def rf_centres(strided: Sequence[StridedLayer], n: int) -> tuple[float, int]:
+    """``(offset, stride)``: along an input axis of ``n`` pixels, conv4 cell ``j`` has its receptive field
+    centred on input pixel ``offset + stride * j`` (top-left pixel centre at 0). TF "SAME" padding puts
+    the odd pixel at the end, so the offset depends on ``n`` (ResNet: 0 or 2; the official extractor
+    always uses 0)."""
+    offset, step = 0.0, 1
+    for kernel, stride, pad in strided:
+        out = -(-n // stride)
+        if pad == "same":
+            pad = max((out - 1) * stride + kernel - n, 0) // 2
+        offset += step * ((kernel - 1) / 2 - pad)
+        step, n = step * stride, out
+    return offset, step
 
 
 def get_variant(variant: str) -> VariantSpec:
@@ -298,10 +314,12 @@ def extract_local(model: DELG, x: torch.Tensor, scales: Sequence[float] = LOCAL_
         with _autocast(bf16):
             out = model.local_head(model.backbone(xs, with_conv5=False)["conv4"])
         att, codes = out["attention"].float()[:, 0], F.normalize(out["codes"].float(), dim=1)
-        fh, fw = att.shape[-2:]
-        # cell centre in resized pixels (COLMAP convention), then in input pixels (per-axis ratio).
-        cx = ((torch.arange(fw) * CONV4_STRIDE + spec.rf_offset + 0.5) * (w / xs.shape[-1])).float()
-        cy = ((torch.arange(fh) * CONV4_STRIDE + spec.rf_offset + 0.5) * (h / xs.shape[-2])).float()
+        # cell centres in resized pixels (COLMAP convention: + 0.5), then in input pixels (per-axis ratio)
+        centres = []
+        for size, cells, pixels in ((w, att.shape[-1], xs.shape[-1]), (h, att.shape[-2], xs.shape[-2])):
+            offset, stride = rf_centres(spec.strided, pixels)
+            centres.append(((torch.arange(cells) * stride + offset + 0.5) * (size / pixels)).float())
+        cx, cy = centres
         for b in range(x.shape[0]):
             iy, ix = torch.nonzero(att[b] >= threshold, as_tuple=True)
             # cells whose centre lies in the padding (last row / column) are clipped onto the border

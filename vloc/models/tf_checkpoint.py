@@ -131,11 +131,18 @@ def checkpoint_prefix(path: str | Path) -> Path:
     path = Path(path)
     candidates = [path / "variables" / "variables", path / "variables", path.with_suffix("")
                   if path.suffix == ".index" else path]
+    if path.is_dir():  # a TF1 training directory: its ``checkpoint`` state file names the latest
+        state = path / "checkpoint"
+        if state.is_file():
+            for line in state.read_text().splitlines():
+                if line.startswith("model_checkpoint_path:"):
+                    candidates.append(path / line.split(":", 1)[1].strip().strip('"'))
+        candidates += [p.with_suffix("") for p in sorted(path.glob("*.index"))][:1]
     for prefix in candidates:
         if prefix.with_name(prefix.name + ".index").is_file():
             return prefix
     raise FileNotFoundError(f"{path}: no TensorFlow checkpoint here (looked for {path}.index, "
-                            f"{path}/variables.index and {path}/variables/variables.index)")
+                            f"{path}/variables.index, {path}/variables/variables.index and {path}/*.index)")
 
 
 class TFCheckpoint:
