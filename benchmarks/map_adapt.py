@@ -2,6 +2,7 @@
 
     python benchmarks/map_adapt.py [--sets kitti virtual_gallery lund sacre_coeur] [--data ../shared/data]
                                    [--maps DIR] [--epochs 20] [--image-size 320]
+                                   [--backbone frozen|last|all]
 
 For each set, a map is built by triangulation from the ground-truth poses of its map images
 (reused from ``--maps`` when already there), then copied three times:
@@ -108,12 +109,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=AdaptConf().train.epochs)
     parser.add_argument("--image-size", type=int, default=AdaptConf().train.image_size)
     parser.add_argument("--lr", type=float, default=AdaptConf().train.lr)
+    parser.add_argument("--backbone", choices=["frozen", "last", "all"], default=AdaptConf().train.backbone)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     conf = AdaptConf()
     conf = dataclasses.replace(conf, train=dataclasses.replace(conf.train, epochs=args.epochs,
-                                                               image_size=args.image_size, lr=args.lr))
-    print(f"adaptation: {args.epochs} epochs, {args.image_size} px crops, lr {args.lr}, backbone frozen")
+                                                               image_size=args.image_size, lr=args.lr,
+                                                               backbone=args.backbone))
+    print(f"adaptation: {args.epochs} epochs, {args.image_size} px crops, lr {args.lr}, backbone {args.backbone}")
     print(f"{'set':<16}{'variant':<9}{'R@1':>6}{'R@5':>6}{'mAP':>7}{'best@1':>7}{'share@1':>8}"
           f"{'raw mAP':>8}{'best@1':>7}{'share@1':>8}{'eval':>5}{'loc':>6}{'adapt s':>8}  clusters")
     for name in args.sets:

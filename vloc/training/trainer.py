@@ -187,6 +187,7 @@ class Trainer:
             groups.append(dict(params=backbone, lr=conf.backbone_lr))
         self.optimizer = torch.optim.Adam(groups, weight_decay=conf.weight_decay)
         self.sampler = BatchSampler(train, conf.image_size, conf.batch_size, conf.seed)
+        self.val_loader = ImageLoader(val, conf.image_size)
         total = max(1, conf.epochs * len(self.sampler))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * min(step, total) / total)))
@@ -231,7 +232,7 @@ class Trainer:
             return dict(recall_at_1=float("nan"), mAP=float("nan"), num_queries=0)
         size = self.conf.image_size
         gallery = describe(self.model, self.conf.variant, self.train_set, size, self.sampler.loader, "gallery")
-        queries = describe(self.model, self.conf.variant, self.val_set, size, desc="validate")
+        queries = describe(self.model, self.conf.variant, self.val_set, size, self.val_loader, "validate")
         return retrieval_metrics(queries, np.asarray(self.val_set.labels), gallery, np.asarray(self.train_set.labels))
 
     def fit(self) -> list[dict]:
