@@ -115,13 +115,12 @@ def adapt_map(map_dir: Path | str, conf: AdaptConf = AdaptConf(), images: Path |
         model = make_global_model(dataclasses.replace(new_conf, weights=str(weights)))
         raw = np.stack([model(read_image(image_dir / n)) for n in tqdm(data.global_names, desc="describe map",
                                                                        unit="img")])
+        clusters = dict(count=int(len(sizes)), sizes=sizes.tolist(), min_ratio=conf.min_ratio,
+                        min_shared=conf.min_shared)
         adaptation = dict(
             weights=WEIGHTS_FILE, sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
-            previous_global_desc=dataclasses.asdict(old), clusters=dict(count=int(len(sizes)),
-                                                                         sizes=sizes.tolist(),
-                                                                         min_ratio=conf.min_ratio,
-                                                                         min_shared=conf.min_shared),
-            train=dataclasses.asdict(train_conf), init=str(init) if init else "imagenet",
+            previous_global_desc=dataclasses.asdict(old), clusters=clusters, train=dataclasses.asdict(train_conf),
+            init=str(init) if init else "imagenet",
             losses_first_epoch=history[1]["losses"] if len(history) > 1 else None,
             losses_last_epoch=history[-1].get("losses"))
         manifest = dict(data.manifest, adaptation=adaptation)

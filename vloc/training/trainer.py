@@ -263,11 +263,10 @@ class Trainer:
 
     def save(self) -> Path:
         """Write the model, the training state and the history into the output directory."""
-        extra = dict(training=dict(conf=dataclasses.asdict(self.conf), epoch=self.epoch, classes=len(self.train_set
-                     .classes), validation=self.history[-1]["validation"] if self.history else None))
-        tmp = self.out_dir / f".{MODEL_FILE}.tmp-{os.getpid()}"
-        save_delg(self.model, tmp, self.conf.variant, extra)
-        os.replace(tmp, self.out_dir / MODEL_FILE)
+        validation = self.history[-1]["validation"] if self.history else None
+        extra = dict(training=dict(conf=dataclasses.asdict(self.conf), epoch=self.epoch,
+                                   classes=len(self.train_set.classes), validation=validation))
+        save_delg(self.model, self.out_dir / MODEL_FILE, self.conf.variant, extra)  # written atomically
         _save_atomic(dict(epoch=self.epoch, history=self.history, conf=dataclasses.asdict(self.conf),
                           classes=list(self.train_set.classes), loss=self.loss.state_dict(),
                           optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict()),
