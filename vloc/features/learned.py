@@ -58,7 +58,7 @@ class LearnedExtractor:
         for (width, height), idx in groups.items():
             size = self._input_size(width, height)
             x = torch.stack([self._to_tensor(images[i], size) for i in idx])
-            for i, (kps, desc, scores) in zip(idx, self._detect(x)):
+            for i, (kps, desc, scores) in zip(idx, self._detect(x), strict=True):
                 out[i] = self._features(kps, desc, scores, size, (width, height))
         return out
 

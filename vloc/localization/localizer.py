@@ -188,7 +188,7 @@ class Localizer:
             return np.stack([matches[:, 0], point_ids[matches[:, 1]]], axis=1)
         images = [self.images[n] for n in retrieved]
         pairs = [np.zeros((0, 2), np.int64)]
-        for image, matches in zip(images, self.matcher.match_many(feats, [im.features for im in images])):
+        for image, matches in zip(images, self.matcher.match_many(feats, [im.features for im in images]), strict=True):
             ids = image.all_point3D_ids[matches[:, 1]]
             pairs.append(np.stack([matches[ids >= 0, 0], ids[ids >= 0]], axis=1))
         return np.unique(np.concatenate(pairs), axis=0)
