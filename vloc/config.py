@@ -132,21 +132,23 @@ PRESETS: dict[str, Preset] = {
     "sift": Preset(name="sift"),
     # Same map as "sift" (maps are interchangeable); fewer query keypoints and retrieved images.
     "sift-fast": Preset(name="sift-fast", pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
-    # Lowest CPU latency: XFeat (a small CNN) with mutual nearest neighbours against the retrieved
-    # images' 3D points in one call. LighterGlue was slower per query than the whole SIFT pipeline.
+    # Lowest CPU latency: XFeat (a small CNN, ~0.04 s per 640x480 image here) with mutual nearest
+    # neighbours against the retrieved images' 3D points in one call, 1,024 query keypoints, top-3.
+    # LighterGlue alone took longer per pair than the whole SIFT query (docs/benchmarks.md).
     "fast": Preset(
         name="fast",
         features=FeatureConf(name="xfeat", max_keypoints=4096, resize_max=1024, root_sift=False),
         matcher=MatcherConf(name="mnn", ratio=0.9, max_distance=0.8),
-        pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
-    # Best accuracy: ALIKED-n16 + LightGlue (adaptive depth and point pruning on), pairwise with
-    # each retrieved image.
+        pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
+    # Most inliers and the best-conditioned poses: ALIKED-n16 + LightGlue (adaptive depth and point
+    # pruning on) at full resolution up to 1600 px, the query matched with each of the top-3 images.
+    # Map pairs: top-5 (LightGlue costs ~1 s per pair on 2 cores).
     "accurate": Preset(
         name="accurate",
-        features=FeatureConf(name="aliked-n16", max_keypoints=2048, resize_max=1024, root_sift=False),
+        features=FeatureConf(name="aliked-n16", max_keypoints=2048, resize_max=1600, root_sift=False),
         matcher=MatcherConf(name="lightglue", features="aliked"),
-        pairs=PairsConf(num_retrieved=10),
-        pose=PoseConf(num_retrieved=5, max_keypoints=2048)),
+        pairs=PairsConf(num_retrieved=5),
+        pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
 }
 DEFAULT_PRESET = "sift"
 

@@ -44,7 +44,7 @@ class LearnedExtractor:
             image = np.repeat(image[..., None], 3, axis=2)
         if (image.shape[1], image.shape[0]) != size:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
 
     def __call__(self, image: np.ndarray) -> Features:
         return self.batch([image])[0]
