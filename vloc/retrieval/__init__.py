@@ -5,10 +5,12 @@ from typing import Callable
 
 from vloc.config import GlobalConf
 from vloc.registry import create
+from vloc.retrieval.delg import DelgGlobal
 from vloc.retrieval.gem import EfficientNetGeM
 
 GLOBAL_MODELS: dict[str, Callable[[GlobalConf], Callable]] = {
     "effnet_lite0_gem": EfficientNetGeM,
+    "delg": DelgGlobal,
 }
 
 

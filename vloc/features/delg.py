@@ -1,0 +1,74 @@
+"""DELG local features: attention-selected, 128-D, from a 7-scale image pyramid (see :mod:`vloc.models.delg`)."""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vloc.config import FeatureConf
+from vloc.features.base import Features
+from vloc.models.delg import DELG, HOW_TO_GET_WEIGHTS, LOCAL_DIM, LOCAL_SCALES, extract_local, load_delg, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(path: str, mtime_ns: int) -> DELG:
+    return load_delg(path)
+
+
+def delg_from_conf(variant: str, weights: str, what: str) -> DELG:
+    """The DELG model a config names (shared between the local and global extractors of one process)."""
+    if not weights:
+        raise ValueError(f"{what}: DELG needs a weights file (set 'weights'); {HOW_TO_GET_WEIGHTS}")
+    path = Path(weights).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: DELG weights {path} not found; {HOW_TO_GET_WEIGHTS}")
+    model = _cached(str(path), path.stat().st_mtime_ns)
+    if variant and model.variant != variant:
+        raise ValueError(f"{what}: {path} holds a DELG {model.variant!r} model but the config asks for {variant!r}")
+    return model
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``(H, W, 3)`` uint8 RGB (grey is replicated)."""
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+    return image
+
+
+def resize_longest(image: np.ndarray, resize_max: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if resize_max and max(h, w) > resize_max:
+        scale = resize_max / max(h, w)
+        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    return image
+
+
+class DelgExtractor:
+    """``conf.max_keypoints`` DELG features; keypoints in COLMAP's convention in the original image,
+    descriptors the L2-normalised 128-D autoencoder codes, scores the attention. The attention
+    threshold is the weight file's ``extra["attention_threshold"]`` (0 when absent)."""
+
+    dim = LOCAL_DIM
+
+    def __init__(self, conf: FeatureConf):
+        self.conf = conf
+        self.model = delg_from_conf(conf.variant, conf.weights, "features")
+        self.threshold = float(getattr(self.model, "extra", {}).get("attention_threshold", 0.0))
+
+    def __call__(self, image: np.ndarray) -> Features:
+        rgb = to_rgb(image)
+        height, width = rgb.shape[:2]
+        small = resize_longest(rgb, self.conf.resize_max)
+        x = preprocess(self.model.variant, small)
+        found = extract_local(self.model, x, LOCAL_SCALES, self.threshold, self.conf.max_keypoints, self.conf.bf16)[0]
+        if not len(found.keypoints):
+            return Features.empty(self.dim, (width, height))
+        ratio = np.array([width / small.shape[1], height / small.shape[0]], np.float32)
+        return Features(found.keypoints * ratio, found.descriptors, found.scores, (width, height))

@@ -1,0 +1,20 @@
+"""DELG global descriptor: GeM + whitening FC on conv5, averaged over scales {0.707, 1, 1.414}, L2-normalised."""
+from __future__ import annotations
+
+import numpy as np
+
+from vloc.config import GlobalConf
+from vloc.features.delg import delg_from_conf, resize_longest, to_rgb
+from vloc.models.delg import GLOBAL_SCALES, extract_global, preprocess
+
+
+class DelgGlobal:
+    def __init__(self, conf: GlobalConf):
+        self.conf = conf
+        self.model = delg_from_conf(conf.variant, conf.weights, "global_desc")
+        self.dim = self.model.global_dim
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB (grey is replicated) -> ``(global_dim,)`` float32, unit norm."""
+        x = preprocess(self.model.variant, resize_longest(to_rgb(image), self.conf.resize_max))
+        return extract_global(self.model, x, GLOBAL_SCALES, self.conf.bf16)[0].numpy().astype(np.float32)
