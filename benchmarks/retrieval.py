@@ -50,12 +50,17 @@ from vloc.retrieval.rerank import Candidate, rerank
 
 SETS = ("kitti", "lund", "sacre_coeur", "virtual_gallery")
 # label -> global descriptor configuration; one entry per model to compare.
+# Once the DELG global model is registered (branches delg-model / delg-train), one line each, e.g.
+#   "DELG-small": GlobalConf(name="delg", variant="small", weights="PATH/delg_small.pt"),
+#   "DELG-small map-adapted": GlobalConf(name="delg", variant="small", weights="PATH/delg_small_adapted.pt"),
 DESCRIPTORS: dict[str, GlobalConf] = {
     "EfficientNet-Lite0 GeM": GlobalConf(),
 }
 # label -> (map-image features, query features, matcher) for re-ranking; one entry per local feature.
 RERANK_FEATURES: dict[str, tuple[FeatureConf, FeatureConf, MatcherConf]] = {
     "SIFT": (get_preset("sift").features, get_preset("sift").query_features, get_preset("sift").matcher),
+    # DELG local features (extractor "delg"), e.g. with conf = FeatureConf(name="delg", max_keypoints=1000,
+    # root_sift=False, variant="small", weights=...): "DELG-small local": (conf, conf, MatcherConf(...)),
 }
 TIMING_SIZE = (640, 480)
 
