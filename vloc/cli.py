@@ -64,6 +64,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    from vloc.config import RerankConf
+    from vloc.io.cameras import read_queries
+    from vloc.io.images import list_images
+    from vloc.localization.retrieve import MapRetriever, retrieve_images, write_pairs
+
+    if args.k < 1 or args.rerank_k < 1:
+        raise ValueError(f"-k and --rerank-k must be at least 1, got {args.k} and {args.rerank_k}")
+    names = [q.name for q in read_queries(args.queries)] if args.queries else list_images(args.images)
+    rerank_conf = RerankConf(num_candidates=args.rerank_k, model=args.geometry) if args.rerank else None
+    retriever = MapRetriever.load(args.map, args.preset)
+    results = retrieve_images(retriever, args.images, names, args.k, rerank_conf)
+    scores = write_pairs(args.out, results, dict(map=str(args.map), k=args.k, preset=retriever.preset.name,
+                                                 rerank=None if rerank_conf is None else vars(rerank_conf)))
+    print(f"{sum(len(c) for c in results.values())} pairs for {len(results)} queries: {args.out}; scores: {scores}")
+    return 0
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -180,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'metres,degrees' pairs (default: %(default)s)")
     ev.add_argument("--out", type=Path, help="JSON summary (default: POSES with suffix .eval.json)")
     ev.set_defaults(func=cmd_eval)
+
+    rt = sub.add_parser("retrieve", help="retrieve map images for query images; hloc-style pairs "
+                        "'query map_image' (scores in a JSON beside)")
+    rt.add_argument("--map", type=Path, required=True)
+    rt.add_argument("--images", type=Path, required=True, help="folder of the query images")
+    rt.add_argument("--queries", type=Path, help="query list ('name ...' per line); default: every image in --images")
+    rt.add_argument("--out", type=Path, required=True, help="pair file; PAIRS.json beside it gets the scores")
+    rt.add_argument("-k", type=int, default=10, help="map images per query (default: %(default)s)")
+    rt.add_argument("--rerank", action="store_true", help="re-rank by RANSAC inliers of local-feature matches")
+    rt.add_argument("--rerank-k", type=int, default=100, help="global top-K verified when re-ranking "
+                    "(default: %(default)s)")
+    rt.add_argument("--geometry", choices=["fundamental", "homography"], default="fundamental",
+                    help="RANSAC model for re-ranking (default: %(default)s)")
+    rt.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
+    rt.set_defaults(func=cmd_retrieve)
 
     tr = sub.add_parser("track", help="localize an ordered sequence (image folder or video) and write "
                         "TUM / KITTI trajectories (camera-to-world, what evo and ROS tools read)")

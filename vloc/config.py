@@ -53,6 +53,18 @@ class GlobalConf:
 
 
 @dataclass(frozen=True)
+class RerankConf:
+    """Re-ranking of retrieved images by geometric verification of local-feature matches
+    (DELG's re-ranking). ``model`` is a key of ``vloc.retrieval.rerank.GEOMETRY_MODELS``."""
+
+    num_candidates: int = 100  # how many of the top global-descriptor results are verified
+    model: str = "fundamental"  # "fundamental" (any 3D scene) or "homography" (planar / rotation)
+    max_error_px: float = 3.0  # RANSAC threshold (MAGSAC's largest noise scale)
+    confidence: float = 0.999
+    max_iterations: int = 10000
+
+
+@dataclass(frozen=True)
 class PairsConf:
     """How image pairs are chosen when building a map."""
 
