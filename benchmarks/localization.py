@@ -1,10 +1,14 @@
-"""Per-query localization time by stage, and accuracy, on the prepared GT sets and the demo scene.
+"""Localization accuracy and time per query by stage, for every preset on every set.
 
-    python benchmarks/localization.py [--preset sift] [--sets kitti virtual_gallery demo] [--data ../shared/data]
+    python benchmarks/localization.py [--presets sift fast accurate] [--sets kitti virtual_gallery lund sacre_coeur]
+                                      [--data ../shared/data] [--work DIR] [--repeat 3]
 
-Maps are built by triangulation from the ground-truth poses of each set's map images, then one
-warm Localizer (one untimed warm-up query) localizes every query ``--repeat`` times. Prints one
-table with the median time per stage over all runs and the accuracy per set (first run).
+For each set, a map is built per preset by triangulation from the ground-truth poses of the set's
+map images (presets with the same features share it; kept under ``--work`` when given), then one
+warm Localizer (one untimed warm-up query) localizes every query ``--repeat`` times. One table:
+localized count, median errors, recall at (0.25, 2 deg) and (0.5, 5 deg), and the median and p90
+time per stage over all runs. Sets in an arbitrary SfM gauge (lund, sacre_coeur) use relative
+thresholds: multiples of the median step between consecutive map cameras ("steps").
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vloc.config import DEFAULT_PRESET, PRESETS, get_preset
-from vloc.evaluation.metrics import evaluate
+from vloc.config import PRESETS, get_preset
+from vloc.evaluation.metrics import evaluate, thresholds_for
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.poses import read_poses
@@ -26,34 +30,62 @@ from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
 
 STAGES = ("read", "global", "features", "match", "pose")
+RECALL_AT = ((0.25, 2.0), (0.5, 5.0))
 
 
-def run_set(name: str, root: Path, preset_name: str, work: Path, repeat: int) -> dict:
+def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     ds = open_prepared(root)
-    t = time.perf_counter()
-    build_map(ds.images, work / name, get_preset(preset_name), reference=ds.ref_model)
-    build_s = time.perf_counter() - t
-    localizer = Localizer.load(work / name, preset_name)
+    preset = get_preset(preset_name)
+    map_dir = work / f"{ds.name}-{Path(preset.features_file).stem}"
+    build_s = float("nan")
+    if not map_dir.exists():
+        t = time.perf_counter()
+        build_map(ds.images, map_dir, preset, reference=ds.ref_model)
+        build_s = time.perf_counter() - t
+    localizer = Localizer.load(map_dir, preset)
     queries = read_queries(ds.queries)
     localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
     runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
     results = runs[0]
-    summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt))
+    thresholds, unit = thresholds_for(ds.meta, RECALL_AT)
+    summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt), thresholds)
     timed = [r for run in runs for r in run]
-    row = dict(set=name, n=len(results), ok=summary.localized, t=summary.median_t, r=summary.median_r,
-               build=build_s, size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
+    row = dict(set=ds.name, preset=preset_name, n=len(results), ok=summary.localized, t=summary.median_t,
+               r=summary.median_r, unit=unit, recalls=list(summary.recalls.values()), build=build_s,
+               size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
     for label, q in (("median", 50), ("p90", 90)):
         row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], q)) for s in STAGES}
         row[label]["total"] = float(np.percentile([sum(r.timings.values()) for r in timed], q))
     return row
 
 
+def print_table(rows: list[dict], repeat: int) -> None:
+    import torch
+
+    print(f"\ntorch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs; seconds per query, median (p90 "
+          f"on the second line) over {repeat} passes; recall at {RECALL_AT[0]} / {RECALL_AT[1]} (translation "
+          "in the set's unit, degrees)")
+    head = (f"{'set':<16}{'preset':<10}{'size':>10}{'loc':>6}{'median error':>21}{'recall':>12}  "
+            + "".join(f"{s:>9}" for s in STAGES) + f"{'total':>9}{'build s':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        error = f"{r['t']:.4f} {r['unit']}/{r['r']:.3f}°"
+        recall = "/".join(f"{100 * v:.0f}" for v in r["recalls"]) + " %"
+        print(f"{r['set']:<16}{r['preset']:<10}{r['size']:>10}{r['ok']:>3}/{r['n']:<2}{error:>21}{recall:>12}  "
+              + "".join(f"{r['median'][s]:>9.3f}" for s in STAGES) + f"{r['median']['total']:>9.3f}"
+              + f"{r['build']:>9.1f}")
+        print(" " * 75 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>9.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    parser.add_argument("--sets", nargs="+", default=["kitti", "virtual_gallery", "demo"])
+    parser.add_argument("--presets", nargs="+", default=["sift", "fast", "accurate"], choices=sorted(PRESETS))
+    parser.add_argument("--sets", nargs="+", default=["kitti", "virtual_gallery", "lund", "sacre_coeur"],
+                        help="prepared set names under DATA/prepared, or 'demo' (the rendered demo scene)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the queries")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
+    parser.add_argument("--work", type=Path, help="keep the maps here and reuse them (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import pycolmap
@@ -61,28 +93,20 @@ def main() -> None:
     pycolmap.logging.minloglevel = 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         for name in args.sets:
             if name == "demo":
                 from vloc.demo.scene import render_demo_scene
 
-                root = render_demo_scene(work / "demo_scene")
+                root = work / "demo_scene"
+                if not root.exists():
+                    render_demo_scene(root)
             else:
                 root = args.data / "prepared" / name
-            rows.append(run_set(name, root, args.preset, work, args.repeat))
-    print(f"\npreset {args.preset}; torch threads {__import__('torch').get_num_threads()}; "
-          f"{os.cpu_count()} CPUs; seconds per query, median and p90 over {args.repeat} passes")
-    head = (f"{'set':<16}{'size':>10}{'loc':>6}{'med err':>18}{'':>7}" + "".join(f"{s:>9}" for s in STAGES)
-            + f"{'total':>9}{'build':>8}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        for label in ("median", "p90"):
-            lead = (f"{r['set']:<16}{r['size']:>10}{r['ok']:>3}/{r['n']:<2}{r['t']:>10.4f}/{r['r']:>6.3f}°"
-                    if label == "median" else " " * 50)
-            tail = f"{r['build']:>8.1f}" if label == "median" else ""
-            print(lead + f"{label:>7}" + "".join(f"{r[label][s]:>9.3f}" for s in STAGES)
-                  + f"{r[label]['total']:>9.3f}" + tail)
+            for preset in args.presets:
+                rows.append(run_set(root, preset, work, args.repeat))
+                print_table(rows[-1:], args.repeat)
+    print_table(rows, args.repeat)
 
 
 if __name__ == "__main__":

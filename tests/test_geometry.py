@@ -84,12 +84,13 @@ def test_mutual_nn_matcher_recovers_permutation_and_handles_empty():
     d1 = d0[perm] + rng.normal(scale=0.02, size=(500, 128)).astype(np.float32)
     d1 /= np.linalg.norm(d1, axis=1, keepdims=True)
     matcher = make_matcher(MatcherConf())
-    m = matcher(d0, d1)
+    m = matcher.match_descriptors(d0, d1)
     assert len(m) >= 495
     assert np.all(perm[m[:, 1]] == m[:, 0])  # precision 100%
-    assert matcher(d0[:0], d1).shape == (0, 2) and matcher(d0, d1[:0]).shape == (0, 2)
-    assert matcher(d0[:1], d1[:1]).shape[1] == 2
-    with pytest.raises(ValueError, match="valid: mnn"):
+    assert matcher.match_descriptors(d0[:0], d1).shape == (0, 2)
+    assert matcher.match_descriptors(d0, d1[:0]).shape == (0, 2)
+    assert matcher.match_descriptors(d0[:1], d1[:1]).shape[1] == 2
+    with pytest.raises(ValueError, match="valid: lightglue, mnn"):
         make_matcher(MatcherConf(name="nope"))
 
 
@@ -125,5 +126,5 @@ def test_sift_on_real_and_blank_images(kitti):
     assert small.keypoints[:, 0].max() > 0.9 * w
     blank = extractor(np.full((480, 640), 128, np.uint8))
     assert len(blank) == 0 and blank.keypoints.shape == (0, 2) and blank.descriptors.shape == (0, 128)
-    with pytest.raises(ValueError, match="valid: delg, sift"):
+    with pytest.raises(ValueError, match="valid: .*sift"):
         make_extractor(FeatureConf(name="orb"))

@@ -30,8 +30,13 @@ class MatcherConf:
     """Local feature matcher. ``name`` is a key of ``vloc.matching.MATCHERS``."""
 
     name: str = "mnn"
-    ratio: float = 0.8  # Lowe ratio test on L2 distances; 1.0 disables it
-    max_distance: float = 0.7  # on unit-norm descriptors; 2.0 disables it
+    ratio: float = 0.8  # mnn: Lowe ratio test on L2 distances; 1.0 disables it
+    max_distance: float = 0.7  # mnn: on unit-norm descriptors; 2.0 disables it
+    features: str = ""  # lightglue: whose weights ("aliked", "disk"; "xfeat" = LighterGlue)
+    # lightglue: None keeps the value the weights were released with (kornia's configuration).
+    depth_confidence: float | None = None  # early stopping; -1 disables it
+    width_confidence: float | None = None  # point pruning; -1 disables it
+    filter_threshold: float | None = None  # minimum match score
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,12 @@ class Preset:
     mapper: MapperConf = field(default_factory=MapperConf)
     pose: PoseConf = field(default_factory=PoseConf)
 
+    def __post_init__(self) -> None:
+        family = self.features.name.split("-")[0]  # "aliked-n16" -> "aliked"
+        if self.matcher.name == "lightglue" and self.matcher.features != family:
+            raise ValueError(f"preset {self.name!r}: LightGlue weights for {self.matcher.features!r} cannot match "
+                             f"{self.features.name!r} features")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -139,6 +150,23 @@ PRESETS: dict[str, Preset] = {
     "sift": Preset(name="sift"),
     # Same map as "sift" (maps are interchangeable); fewer query keypoints and retrieved images.
     "sift-fast": Preset(name="sift-fast", pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
+    # Lowest CPU latency: XFeat (a small CNN, ~0.04 s per 640x480 image here) with mutual nearest
+    # neighbours against the retrieved images' 3D points in one call, 1,024 query keypoints, top-3.
+    # LighterGlue alone took longer per pair than the whole SIFT query (docs/benchmarks.md).
+    "fast": Preset(
+        name="fast",
+        features=FeatureConf(name="xfeat", max_keypoints=4096, resize_max=1024, root_sift=False),
+        matcher=MatcherConf(name="mnn", ratio=0.9, max_distance=0.8),
+        pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
+    # Most inliers and the best-conditioned poses: ALIKED-n16 + LightGlue (adaptive depth and point
+    # pruning on) at full resolution up to 1600 px, the query matched with each of the top-3 images.
+    # Map pairs: top-5 (LightGlue costs ~1 s per pair on 2 cores).
+    "accurate": Preset(
+        name="accurate",
+        features=FeatureConf(name="aliked-n16", max_keypoints=2048, resize_max=1600, root_sift=False),
+        matcher=MatcherConf(name="lightglue", features="aliked"),
+        pairs=PairsConf(num_retrieved=5),
+        pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
 }
 DEFAULT_PRESET = "sift"
 

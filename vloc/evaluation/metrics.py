@@ -9,6 +9,20 @@ import pycolmap
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
 
+def thresholds_for(meta: dict, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
+                   ) -> tuple[tuple[tuple[float, float], ...], str]:
+    """Translation thresholds in the set's units, and the unit's label.
+
+    Metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
+    *relative* thresholds: the metre values are read as multiples of the median distance between
+    consecutive map cameras (``meta["scene_scale"]``), so 0.25 means a quarter of a camera step.
+    """
+    if meta.get("units") == "metres":
+        return thresholds, "m"
+    step = float(meta["scene_scale"]["median_consecutive_map_centre_distance"])
+    return tuple((t * step, r) for t, r in thresholds), "steps"
+
+
 def pose_error(estimate: pycolmap.Rigid3d, truth: pycolmap.Rigid3d) -> tuple[float, float]:
     """``(translation error, rotation error in degrees)`` of two cam_from_world poses; the
     translation error is the distance between camera centres, in the map's units."""

@@ -10,12 +10,18 @@ from typing import Callable
 from vloc.config import FeatureConf
 from vloc.features.base import Features
 from vloc.features.delg import DelgExtractor
+from vloc.features.learned import AlikedExtractor, DiskExtractor, XFeatExtractor
 from vloc.features.sift import SiftExtractor
 from vloc.registry import create
 
 EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
     "sift": SiftExtractor,
-    "delg": DelgExtractor,
+    "aliked-n16": AlikedExtractor,
+    "aliked-n16rot": AlikedExtractor,
+    "aliked-n32": AlikedExtractor,
+    "disk": DiskExtractor,
+    "xfeat": XFeatExtractor,
+    "delg": DelgExtractor,  # local features of DELG (vloc/models/delg.py); needs FeatureConf.weights
 }
 
 

@@ -21,7 +21,7 @@ import pycolmap
 import torch
 
 from vloc.config import Preset, check_compatible, get_preset
-from vloc.features import make_extractor
+from vloc.features import Features, make_extractor
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
@@ -68,11 +68,13 @@ class LocalizationResult:
 
 
 class _MapImage:
-    """The part of a map image that localization needs: keypoints that observe 3D points."""
+    """What localization needs of a map image: all its features (for matchers that look at
+    keypoints) and, separately, the descriptors of the keypoints that observe 3D points."""
 
-    def __init__(self, descriptors: np.ndarray, point3D_ids: np.ndarray):
+    def __init__(self, features: Features, point3D_ids: np.ndarray):
+        self.features, self.all_point3D_ids = features, point3D_ids
         mask = point3D_ids >= 0
-        self.descriptors = torch.from_numpy(np.ascontiguousarray(descriptors[mask], np.float32))
+        self.descriptors = torch.from_numpy(np.ascontiguousarray(features.descriptors[mask], np.float32))
         self.point3D_ids = point3D_ids[mask]
 
 
@@ -103,7 +105,7 @@ class Localizer:
         self._whitened = self.whitening(data.global_raw)  # rows of the FAISS index, for prior search
         by_name = {im.name: im for im in data.reconstruction.images.values()}
         self._centres = np.stack([by_name[n].projection_center() for n in self.names])
-        self.images = {n: _MapImage(data.features[n].descriptors, data.point3D_ids[n]) for n in self.names}
+        self.images = {n: _MapImage(data.features[n], data.point3D_ids[n]) for n in self.names}
         ids = np.array(sorted(data.reconstruction.points3D), dtype=np.int64)
         self._xyz = np.stack([data.reconstruction.points3D[i].xyz for i in ids]) if len(ids) else np.zeros((0, 3))
         self._row_of_point = {int(i): r for r, i in enumerate(ids)}
@@ -174,6 +176,24 @@ class Localizer:
         desc = torch.cat([self.images[n].descriptors for n in retrieved])
         return desc[torch.from_numpy(first)], ids[first]
 
+    def _matches_2d3d(self, feats: Features, retrieved: list[str]) -> np.ndarray:
+        """``(K, 2)`` pairs (query keypoint index, point3D id).
+
+        Descriptor-only matchers see the retrieved images' 3D points in one call; matchers that
+        look at keypoints (LightGlue) match the query with each retrieved image in turn, and the
+        correspondences are pooled (a query keypoint may vote for several 3D points; RANSAC decides).
+        """
+        if not self.matcher.needs_keypoints:
+            desc, point_ids = self._candidate_points(retrieved)
+            matches = self.matcher.match_descriptors(torch.from_numpy(feats.descriptors), desc)
+            return np.stack([matches[:, 0], point_ids[matches[:, 1]]], axis=1)
+        images = [self.images[n] for n in retrieved]
+        pairs = [np.zeros((0, 2), np.int64)]
+        for image, matches in zip(images, self.matcher.match_many(feats, [im.features for im in images]), strict=True):
+            ids = image.all_point3D_ids[matches[:, 1]]
+            pairs.append(np.stack([matches[ids >= 0, 0], ids[ids >= 0]], axis=1))
+        return np.unique(np.concatenate(pairs), axis=0)
+
     def _global_descriptor(self, image: np.ndarray) -> np.ndarray:
         return self.whitening(self.global_model(image))
 
@@ -220,9 +240,7 @@ class Localizer:
         """Fill ``res`` from matching ``feats`` to the points of ``res.retrieved``."""
         conf = self.preset.pose
         t = time.perf_counter()
-        desc, point_ids = self._candidate_points(res.retrieved)
-        matches = self.matcher(torch.from_numpy(feats.descriptors), desc)
-        pairs = np.stack([matches[:, 0], point_ids[matches[:, 1]]], axis=1)
+        pairs = self._matches_2d3d(feats, res.retrieved)
         res.num_matches, res.num_inliers = len(pairs), 0
         res.timings["match"] = res.timings.get("match", 0.0) + time.perf_counter() - t
         if len(pairs) < conf.min_inliers:

@@ -87,7 +87,7 @@ def build_map(
 def _match_pairs(names, pairs, extracted, preset) -> dict[tuple[int, int], np.ndarray]:
     """Raw matches ``(K, 2)`` per pair of name indices."""
     matcher = make_matcher(preset.matcher)
-    return {(i, j): matcher(extracted.features[names[i]].descriptors, extracted.features[names[j]].descriptors)
+    return {(i, j): matcher(extracted.features[names[i]], extracted.features[names[j]])
             for i, j in tqdm(pairs, desc="match", unit="pair")}
 
 

@@ -5,14 +5,23 @@ import numpy as np
 import torch
 
 from vloc.config import MatcherConf
+from vloc.features.base import Features
 
 
 class MutualNNMatcher:
+    """Descriptors only: the localizer may match a query against any set of descriptors at once."""
+
+    needs_keypoints = False
+
     def __init__(self, conf: MatcherConf):
         self.conf = conf
 
+    def __call__(self, feats0: Features, feats1: Features) -> np.ndarray:
+        """-> ``(K, 2)`` int64 index pairs ``(i0, i1)``."""
+        return self.match_descriptors(feats0.descriptors, feats1.descriptors)
+
     @torch.inference_mode()
-    def __call__(self, desc0: np.ndarray | torch.Tensor, desc1: np.ndarray | torch.Tensor) -> np.ndarray:
+    def match_descriptors(self, desc0: np.ndarray | torch.Tensor, desc1: np.ndarray | torch.Tensor) -> np.ndarray:
         """``desc0`` ``(N, D)``, ``desc1`` ``(M, D)``, unit norm -> ``(K, 2)`` int64 matches."""
         d0 = torch.as_tensor(desc0, dtype=torch.float32)
         d1 = torch.as_tensor(desc1, dtype=torch.float32)

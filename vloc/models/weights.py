@@ -156,3 +156,14 @@ def status(name: str) -> str:
     except WeightsError:
         return "corrupt"
     return "installed" if path == cached else "in package"
+
+
+def load_checkpoint(name: str) -> dict:
+    """The verified weight file ``name`` loaded with ``torch.load`` (tensors only, on the CPU)."""
+    import torch
+
+    path = resolve(name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError) as exc:
+        raise WeightsError(f"{path}: not a readable torch file for weights {name!r} ({exc})") from exc

@@ -1,9 +1,10 @@
 """Re-ranking retrieved images by geometric verification, as in DELG.
 
 The top ``num_candidates`` images of the global-descriptor ranking are matched to the query
-with local features (any extractor: SIFT, DELG, ...; mutual nearest neighbours), the matches are
-verified by RANSAC, and those images are re-ordered by their inlier count, ties broken by the
-global score. Images past ``num_candidates`` keep their global order after the verified ones.
+with local features (any extractor and matcher of the registries: SIFT or DELG with mutual
+nearest neighbours, ALIKED with LightGlue, ...), the matches are verified by RANSAC, and those
+images are re-ordered by their inlier count, ties broken by the global score. Images past
+``num_candidates`` keep their global order after the verified ones.
 
 RANSAC is OpenCV's USAC with MAGSAC++ scoring (``cv2.USAC_MAGSAC``): on kitti SIFT matches
 (78 to 1,145 per pair) it took 1 to 3 ms per pair against 4 to 27 ms for
@@ -73,20 +74,21 @@ class Candidate:
 
 def rerank(
     query: Features, candidates: Sequence[Candidate], features: Mapping[str, Features] | Callable[[str], Features],
-    matcher: Callable[[np.ndarray, np.ndarray], np.ndarray], conf: RerankConf,
+    matcher: Callable[[Features, Features], np.ndarray], conf: RerankConf,
 ) -> list[Candidate]:
     """Verify the first ``conf.num_candidates`` of ``candidates`` (global order, best first) against
     ``query`` and put them first, by inlier count then global score; the rest follow unchanged.
 
     ``features``: the candidates' local features, a mapping or a function of the image name
-    (e.g. reading a feature file lazily). ``matcher``: ``(desc0, desc1) -> (K, 2)`` matches.
+    (e.g. reading a feature file lazily). ``matcher``: any matcher of ``vloc.matching.MATCHERS``,
+    ``(query, other) -> (K, 2)`` index pairs (mutual nearest neighbours, LightGlue, ...).
     """
     get = features.__getitem__ if isinstance(features, Mapping) else features
     head, tail = list(candidates[:conf.num_candidates]), list(candidates[conf.num_candidates:])
     verified = []
     for cand in head:
         other = get(cand.name)
-        matches = matcher(query.descriptors, other.descriptors)
+        matches = matcher(query, other)
         inliers = count_inliers(query.keypoints, other.keypoints, matches, conf)
         verified.append(Candidate(cand.name, cand.score, inliers))
         logger.debug("%s: %d matches, %d inliers", cand.name, len(matches), inliers)
