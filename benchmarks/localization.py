@@ -47,10 +47,10 @@ def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
     runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
     results = runs[0]
-    thresholds, unit = thresholds_for(ds.meta, RECALL_AT)
+    thresholds, unit, unit_length = thresholds_for(ds.meta, RECALL_AT)
     summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt), thresholds)
     timed = [r for run in runs for r in run]
-    row = dict(set=ds.name, preset=preset_name, n=len(results), ok=summary.localized, t=summary.median_t,
+    row = dict(set=ds.name, preset=preset_name, n=len(results), ok=summary.localized, t=summary.median_t / unit_length,
                r=summary.median_r, unit=unit, recalls=list(summary.recalls.values()), build=build_s,
                size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
     for label, q in (("median", 50), ("p90", 90)):

@@ -134,3 +134,12 @@ def test_kapture_reader_matches_prepared_ground_truth(data_dir, virtual_gallery)
     for r in mapping:
         name = f"mapping_{Path(r.name).parent.name}_{r.timestamp:05d}.jpg"
         assert_pose_close(r.cam_from_world, ref_by_name[name], 1e-6)
+
+
+def test_relative_thresholds_for_sfm_gauge_sets():
+    from vloc.evaluation.metrics import thresholds_for
+
+    metric = {"units": "metres", "scene_scale": {"median_consecutive_map_centre_distance": 0.7}}
+    assert thresholds_for(metric, ((0.25, 2.0),)) == (((0.25, 2.0),), "m", 1.0)
+    gauge = {"units": "arbitrary (SfM gauge)", "scene_scale": {"median_consecutive_map_centre_distance": 8.0}}
+    assert thresholds_for(gauge, ((0.25, 2.0), (0.5, 5.0))) == (((2.0, 2.0), (4.0, 5.0)), "steps", 8.0)

@@ -10,17 +10,18 @@ DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), 
 
 
 def thresholds_for(meta: dict, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
-                   ) -> tuple[tuple[tuple[float, float], ...], str]:
-    """Translation thresholds in the set's units, and the unit's label.
+                   ) -> tuple[tuple[tuple[float, float], ...], str, float]:
+    """Translation thresholds in the set's units, the label of the unit they are quoted in, and
+    that unit's length in the set's units (divide a translation error by it to quote it).
 
     Metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
     *relative* thresholds: the metre values are read as multiples of the median distance between
     consecutive map cameras (``meta["scene_scale"]``), so 0.25 means a quarter of a camera step.
     """
     if meta.get("units") == "metres":
-        return thresholds, "m"
+        return thresholds, "m", 1.0
     step = float(meta["scene_scale"]["median_consecutive_map_centre_distance"])
-    return tuple((t * step, r) for t, r in thresholds), "steps"
+    return tuple((t * step, r) for t, r in thresholds), "steps", step
 
 
 def pose_error(estimate: pycolmap.Rigid3d, truth: pycolmap.Rigid3d) -> tuple[float, float]:
