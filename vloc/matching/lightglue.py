@@ -73,9 +73,8 @@ class LightGlueMatcher:
         return out["matches"][0].numpy().astype(np.int64).reshape(-1, 2)
 
     def match_many(self, query: Features, others: list[Features]) -> list[np.ndarray]:
-        """``query`` against each of ``others``: one network call per pair.
-
-        Measured on kitti (2 cores): pairs one at a time with point pruning beat one padded batch
-        without pruning (kornia cannot prune inside a batch); see docs/benchmarks.md.
+        """``query`` against each of ``others``: one network call per pair, so that point pruning
+        stays on (kornia cannot prune inside a batch). One padded batch without pruning was not
+        reliably faster on 2 loaded cores (docs/benchmarks.md, "Presets and learned features").
         """
         return [self(query, other) for other in others]
