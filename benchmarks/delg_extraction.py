@@ -4,23 +4,12 @@ does not depend on them. Prints a table; timings are the median of ``--repeats``
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 
+from vloc.evaluation.timing import median_seconds
 from vloc.models.delg import build_delg, extract_global, extract_local, preprocess
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -36,8 +25,8 @@ def main() -> None:
         model = build_delg(variant, pretrained_backbone=False).to(memory_format=torch.channels_last)
         x = preprocess(variant, image)
         for bf16 in (False, True):
-            g = timed(lambda: extract_global(model, x, bf16=bf16), args.repeats)  # noqa: B023
-            loc = timed(lambda: extract_local(model, x, max_features=1000, bf16=bf16), args.repeats)  # noqa: B023
+            g = median_seconds(lambda: extract_global(model, x, bf16=bf16), args.repeats)  # noqa: B023
+            loc = median_seconds(lambda: extract_local(model, x, max_features=1000, bf16=bf16), args.repeats)  # noqa: B023
             print(f"{variant:<8}{'bf16' if bf16 else 'fp32':<10}{g:>10.2f}{loc:>10.2f}")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import cv2
@@ -19,22 +18,13 @@ import numpy as np
 import torch
 
 from vloc.config import FeatureConf, MatcherConf
+from vloc.evaluation.timing import median_seconds
 from vloc.features import make_extractor
 from vloc.io.images import read_image
 from vloc.matching import make_matcher
 
 EXTRACTORS = ["xfeat", "aliked-n16", "aliked-n32", "disk"]
 LIGHTGLUE = [("aliked-n16", "aliked"), ("disk", "disk"), ("xfeat", "xfeat")]
-
-
-def median_time(fn, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def views(image: np.ndarray, n: int) -> list[np.ndarray]:
@@ -75,8 +65,8 @@ def main() -> None:
     print(f"\n{'extractor':<12}{'s/img single':>14}{'s/img batch 4':>15}")
     for name in EXTRACTORS:
         extractor = make_extractor(FeatureConf(name=name, max_keypoints=args.keypoints, resize_max=640))
-        single = median_time(lambda ex=extractor: [ex(im) for im in images[:4]], args.repeat) / 4
-        batch = median_time(lambda ex=extractor: ex.batch(images[:4]), args.repeat) / 4
+        single = median_seconds(lambda ex=extractor: [ex(im) for im in images[:4]], args.repeat) / 4
+        batch = median_seconds(lambda ex=extractor: ex.batch(images[:4]), args.repeat) / 4
         print(f"{name:<12}{single:>14.3f}{batch:>15.3f}")
 
     print(f"\n{'matcher':<18}{'s/query, 5 calls, pruning':>28}{'s/query, 1 batch, no pruning':>31}{'matches':>16}")
@@ -88,8 +78,8 @@ def main() -> None:
         query, others = feats[0], feats[:5]
         pruned = make_matcher(MatcherConf(name="lightglue", features=family))
         unpruned = make_matcher(MatcherConf(name="lightglue", features=family, width_confidence=-1))
-        t_seq = median_time(lambda m=pruned, q=query, o=others: m.match_many(q, o), args.repeat)
-        t_batch = median_time(lambda m=unpruned, q=query, o=others: batched_lightglue(m, q, o), args.repeat)
+        t_seq = median_seconds(lambda m=pruned, q=query, o=others: m.match_many(q, o), args.repeat)
+        t_batch = median_seconds(lambda m=unpruned, q=query, o=others: batched_lightglue(m, q, o), args.repeat)
         counts = (sum(len(m) for m in pruned.match_many(query, others)),
                   sum(len(m) for m in batched_lightglue(unpruned, query, others)))
         print(f"lightglue-{family:<8}{t_seq:>28.3f}{t_batch:>31.3f}{counts[0]:>8}/{counts[1]:<7}")

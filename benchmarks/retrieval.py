@@ -45,6 +45,7 @@ import torch
 
 from vloc.config import FeatureConf, GlobalConf, MatcherConf, RerankConf, get_preset
 from vloc.evaluation.retrieval import covisible_images, recall_at_k
+from vloc.evaluation.timing import median_seconds
 from vloc.features import make_extractor
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import PreparedSet, open_prepared
@@ -126,16 +127,6 @@ def load_scene(ds: PreparedSet, work: Path, min_shared: int) -> Scene:
 def image_of(scenes: dict[str, Scene], key: str) -> np.ndarray:
     scene, name = key.split("/", 1)
     return read_image(scenes[scene].data.images / name)
-
-
-def median_seconds(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def timing_image(scenes: dict[str, Scene]) -> np.ndarray:

@@ -56,17 +56,8 @@ class LiteBackbone(nn.Module):
         self.net = load_efficientnet_lite0() if pretrained else EfficientNetLite0()
 
     def forward(self, x: torch.Tensor, with_conv5: bool = True) -> dict[str, torch.Tensor]:
-        net = self.net
-        x = F.relu6(net._bn0(net._conv_stem(x)))
-        out = {}
-        for i, block in enumerate(net._blocks):
-            x = block(x)
-            if i == net.stride16_index:
-                out["conv4"] = x
-                if not with_conv5:
-                    return out
-        out["conv5"] = F.relu6(net._bn1(net._conv_head(x)))
-        return out
+        out = self.net(x, with_head=with_conv5)
+        return {"conv4": out["stride16"], **({"conv5": out["head"]} if with_conv5 else {})}
 
 
 # A strided layer before conv4: (kernel, stride, padding before: an int, or "same" for TF "SAME").

@@ -82,14 +82,17 @@ class EfficientNetLite0(nn.Module):
         self._conv_head = SameConv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``x``: ``(B, 3, H, W)`` in [-1, 1] -> ``{"stride16": (B,112,H/16,W/16), "head": (B,1280,H/32,W/32)}``."""
+    def forward(self, x: torch.Tensor, with_head: bool = True) -> dict[str, torch.Tensor]:
+        """``x``: ``(B, 3, H, W)`` in [-1, 1] -> ``{"stride16": (B,112,H/16,W/16), "head": (B,1280,H/32,W/32)}``;
+        with ``with_head=False`` it stops after the stride-16 stage (no ``"head"``)."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         out = {}
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i == self.stride16_index:
                 out["stride16"] = x
+                if not with_head:
+                    return out
         out["head"] = F.relu6(self._bn1(self._conv_head(x)))
         return out
 
