@@ -15,7 +15,7 @@ from kornia.feature import ALIKED, DISK, XFeat
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
-from vloc.models.weights import load_checkpoint
+from vloc.models.weights import load_checkpoint, load_into
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class AlikedExtractor(LearnedExtractor):
     def __init__(self, conf: FeatureConf):
         super().__init__(conf)
         self.model = ALIKED(conf.name, max_num_keypoints=conf.max_keypoints, detection_threshold=0.0)
-        _load(self.model, load_checkpoint(conf.name), conf.name, derived={"dkd.hw_grid"})
+        load_into(self.model, load_checkpoint(conf.name), conf.name, derived={"dkd.hw_grid"})
 
     def _detect(self, x):
         return [(f.keypoints, f.descriptors, f.keypoint_scores) for f in self.model(x)]
@@ -102,7 +102,7 @@ class DiskExtractor(LearnedExtractor):
     def __init__(self, conf: FeatureConf):
         super().__init__(conf)
         self.model = DISK()
-        _load(self.model, load_checkpoint("disk")["extractor"], "disk")
+        load_into(self.model, load_checkpoint("disk")["extractor"], "disk")
 
     def _detect(self, x):
         feats = self.model(x, n=self.conf.max_keypoints, window_size=5, pad_if_not_divisible=True)
@@ -119,18 +119,7 @@ class XFeatExtractor(LearnedExtractor):
     def __init__(self, conf: FeatureConf):
         super().__init__(conf)
         self.model = XFeat(top_k=conf.max_keypoints, detection_threshold=0.05)
-        _load(self.model.net, load_checkpoint("xfeat"), "xfeat")
+        load_into(self.model.net, load_checkpoint("xfeat"), "xfeat")
 
     def _detect(self, x):
         return [(f["keypoints"], f["descriptors"], f["scores"]) for f in self.model.detectAndCompute(x)]
-
-
-def _load(model: torch.nn.Module, state: dict, name: str, derived: frozenset[str] | set[str] = frozenset()) -> None:
-    """Load every parameter and buffer strictly (except ``derived`` buffers that the model computes
-    from its configuration), then switch to inference mode."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in derived]
-    if missing or unexpected:
-        raise ValueError(f"weights {name!r} do not fit {type(model).__name__}: missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
-    model.eval()

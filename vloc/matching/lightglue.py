@@ -13,7 +13,7 @@ from kornia.feature import LightGlue
 
 from vloc.config import MatcherConf
 from vloc.features.base import Features
-from vloc.models.weights import load_checkpoint
+from vloc.models.weights import load_checkpoint, load_into
 
 # conf.features -> (kornia configuration name, weight name)
 WEIGHTS_FOR = {
@@ -50,12 +50,8 @@ class LightGlueMatcher:
             if getattr(conf, key) is not None:
                 settings[key] = getattr(conf, key)
         self.model = LightGlue(None, **settings)
-        missing, unexpected = self.model.load_state_dict(_kornia_keys(load_checkpoint(weight_name)), strict=False)
-        missing = [k for k in missing if k != "confidence_thresholds"]  # a buffer derived from the config
-        if missing or unexpected:
-            raise ValueError(f"weights {weight_name!r} do not fit LightGlue: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
-        self.model.eval()
+        load_into(self.model, _kornia_keys(load_checkpoint(weight_name)), weight_name,
+                  derived={"confidence_thresholds"})
 
     @staticmethod
     def _image(feats: Features) -> dict[str, torch.Tensor]:

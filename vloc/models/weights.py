@@ -158,6 +158,17 @@ def status(name: str) -> str:
     return "installed" if path == cached else "in package"
 
 
+def load_into(model, state: dict, name: str, derived: frozenset[str] | set[str] = frozenset()) -> None:
+    """Load ``state`` into the torch ``model``: every parameter and buffer must fit, except the
+    ``derived`` buffers that the model computes from its configuration; then inference mode."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in derived]
+    if missing or unexpected:
+        raise ValueError(f"weights {name!r} do not fit {type(model).__name__}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+    model.eval()
+
+
 def load_checkpoint(name: str) -> dict:
     """The verified weight file ``name`` loaded with ``torch.load`` (tensors only, on the CPU)."""
     import torch
