@@ -1,14 +1,16 @@
 """Localization accuracy and time per query by stage, for every preset on every set.
 
-    python benchmarks/localization.py [--presets sift fast accurate] [--sets kitti virtual_gallery lund sacre_coeur]
+    python benchmarks/localization.py [--presets sift fast aliked accurate]
+                                      [--sets kitti virtual_gallery lund sacre_coeur]
                                       [--data ../shared/data] [--work DIR] [--repeat 3]
 
 For each set, a map is built per preset by triangulation from the ground-truth poses of the set's
 map images (presets with the same features share it; kept under ``--work`` when given), then one
 warm Localizer (one untimed warm-up query) localizes every query ``--repeat`` times. One table:
 localized count, median errors, recall at (0.25, 2 deg) and (0.5, 5 deg), and the median and p90
-time per stage over all runs. Sets in an arbitrary SfM gauge (lund, sacre_coeur) use relative
-thresholds: multiples of the median step between consecutive map cameras ("steps").
+time per stage over all runs; "fb": how many poses came from the preset's fallback layer. Sets in
+an arbitrary SfM gauge (lund, sacre_coeur) use relative thresholds: multiples of the median step
+between consecutive map cameras ("steps").
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ RECALL_AT = ((0.25, 2.0), (0.5, 5.0))
 def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     ds = open_prepared(root)
     preset = get_preset(preset_name)
-    map_dir = work / f"{ds.name}-{Path(preset.features_file).stem}"
+    layer = f"+{preset.fallback.preset}" if preset.fallback.preset else ""  # maps with a layer are kept apart
+    map_dir = work / f"{ds.name}-{Path(preset.features_file).stem}{layer}"
     build_s = float("nan")
     if not map_dir.exists():
         t = time.perf_counter()
@@ -52,6 +55,7 @@ def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     timed = [r for run in runs for r in run]
     row = dict(set=ds.name, preset=preset_name, n=len(results), ok=summary.localized, t=summary.median_t / unit_length,
                r=summary.median_r, unit=unit, recalls=list(summary.recalls.values()), build=build_s,
+               fallback=sum(r.success and r.layer != preset_name for r in results),
                size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
     for label, q in (("median", 50), ("p90", 90)):
         row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], q)) for s in STAGES}
@@ -65,22 +69,23 @@ def print_table(rows: list[dict], repeat: int) -> None:
     print(f"\ntorch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs; seconds per query, median (p90 "
           f"on the second line) over {repeat} passes; recall at {RECALL_AT[0]} / {RECALL_AT[1]} (translation "
           "in the set's unit, degrees)")
-    head = (f"{'set':<16}{'preset':<10}{'size':>10}{'loc':>6}{'median error':>21}{'recall':>12}  "
+    head = (f"{'set':<16}{'preset':<10}{'size':>10}{'loc':>6}{'fb':>3}{'median error':>21}{'recall':>12}  "
             + "".join(f"{s:>9}" for s in STAGES) + f"{'total':>9}{'build s':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         error = f"{r['t']:.4f} {r['unit']}/{r['r']:.3f}°"
         recall = "/".join(f"{100 * v:.0f}" for v in r["recalls"]) + " %"
-        print(f"{r['set']:<16}{r['preset']:<10}{r['size']:>10}{r['ok']:>3}/{r['n']:<2}{error:>21}{recall:>12}  "
+        count = f"{r['ok']:>3}/{r['n']:<2}{r['fallback']:>3}"
+        print(f"{r['set']:<16}{r['preset']:<10}{r['size']:>10}{count}{error:>21}{recall:>12}  "
               + "".join(f"{r['median'][s]:>9.3f}" for s in STAGES) + f"{r['median']['total']:>9.3f}"
               + f"{r['build']:>9.1f}")
-        print(" " * 75 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>9.3f}")
+        print(" " * 78 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>9.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["sift", "fast", "accurate"], choices=sorted(PRESETS))
+    parser.add_argument("--presets", nargs="+", default=["sift", "fast", "aliked", "accurate"], choices=sorted(PRESETS))
     parser.add_argument("--sets", nargs="+", default=["kitti", "virtual_gallery", "lund", "sacre_coeur"],
                         help="prepared set names under DATA/prepared, or 'demo' (the rendered demo scene)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the queries")

@@ -108,6 +108,20 @@ class PoseConf:
 
 
 @dataclass(frozen=True)
+class FallbackConf:
+    """A second feature layer for the queries this preset's own features localize weakly.
+
+    ``preset`` names another preset; its layer is triangulated into the same map from this map's
+    camera poses (``MAP/fallback/``, a map directory of its own). A query whose result here fails
+    or has fewer than ``below_inliers`` inliers is localized again on the layer, and the layer's
+    result replaces it when that succeeds. An empty ``preset`` means no layer.
+    """
+
+    preset: str = ""
+    below_inliers: int = 100
+
+
+@dataclass(frozen=True)
 class Preset:
     """A complete pipeline configuration."""
 
@@ -119,6 +133,7 @@ class Preset:
     verify: VerifyConf = field(default_factory=VerifyConf)
     mapper: MapperConf = field(default_factory=MapperConf)
     pose: PoseConf = field(default_factory=PoseConf)
+    fallback: FallbackConf = field(default_factory=FallbackConf)
 
     def __post_init__(self) -> None:
         family = self.features.name.split("-")[0]  # "aliked-n16" -> "aliked"
@@ -158,15 +173,19 @@ PRESETS: dict[str, Preset] = {
         features=FeatureConf(name="xfeat", max_keypoints=4096, resize_max=1024, root_sift=False),
         matcher=MatcherConf(name="mnn", ratio=0.9, max_distance=0.8),
         pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
-    # Most inliers and the best-conditioned poses: ALIKED-n16 + LightGlue (adaptive depth and point
-    # pruning on) at full resolution up to 1600 px, the query matched with each of the top-3 images.
-    # Map pairs: top-5 (LightGlue costs ~1 s per pair on 2 cores).
-    "accurate": Preset(
-        name="accurate",
+    # Most inliers, and the most queries localized on hard sets: ALIKED-n16 + LightGlue (adaptive
+    # depth and point pruning on) at full resolution up to 1600 px, the query matched with each of
+    # the top-3 images. Map pairs: top-5 (LightGlue costs ~1 s per pair on 2 cores).
+    "aliked": Preset(
+        name="aliked",
         features=FeatureConf(name="aliked-n16", max_keypoints=2048, resize_max=1600, root_sift=False),
         matcher=MatcherConf(name="lightglue", features="aliked"),
         pairs=PairsConf(num_retrieved=5),
         pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
+    # Best accuracy: SIFT where it is well supported (its keypoints are the more precise: on the
+    # exact-GT demo 0.09 cm vs ALIKED's 0.21 cm), the "aliked" layer where SIFT fails or finds fewer
+    # than 100 inliers (lund 9/9 instead of 7/9). docs/benchmarks.md has the measurements.
+    "accurate": Preset(name="accurate", fallback=FallbackConf(preset="aliked", below_inliers=100)),
 }
 DEFAULT_PRESET = "sift"
 
@@ -177,6 +196,17 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"Unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}") from None
+
+
+def fallback_preset(preset: Preset) -> Preset | None:
+    """The preset of ``preset``'s fallback layer, or None; a layer cannot have a layer of its own."""
+    if not preset.fallback.preset:
+        return None
+    layer = get_preset(preset.fallback.preset)
+    if layer.fallback.preset:
+        raise ValueError(f"preset {preset.name!r}: its fallback {layer.name!r} has a fallback of its own "
+                         f"({layer.fallback.preset!r}); only one layer is supported")
+    return layer
 
 
 # Settings that must agree between a map and the process that localizes on it: the kind of

@@ -3,7 +3,9 @@
 For each query: global descriptor -> FAISS top-k map images (or, with a prior pose, the most
 similar map images near it) -> match local features against the 3D points those images observe
 -> 2D-3D correspondences -> LO-RANSAC + refinement. A query that fails any stage is reported
-with a reason and no pose. No map file is written while localizing.
+with a reason and no pose. With a fallback layer (``preset.fallback``), a query that fails or
+finds few inliers goes through the same steps again on the layer's features. No map file is
+written while localizing.
 """
 from __future__ import annotations
 
@@ -20,12 +22,19 @@ import numpy as np
 import pycolmap
 import torch
 
-from vloc.config import Preset, check_compatible, get_preset
+from vloc.config import Preset, check_compatible, fallback_preset, get_preset
 from vloc.features import Features, make_extractor
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.localization.pose import estimate_absolute_pose
-from vloc.mapping.map_dir import global_conf_in_map, load_map, map_preset, read_manifest
+from vloc.mapping.map_dir import (
+    FALLBACK_DIR,
+    MapFormatError,
+    global_conf_in_map,
+    load_map,
+    map_preset,
+    read_manifest,
+)
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
@@ -50,6 +59,7 @@ class LocalizationResult:
     retrieval: str = ""  # "global", "prior", or "global after prior" when the prior's images failed
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     covariance: np.ndarray | None = None  # (6, 6)
+    layer: str = ""  # the preset whose features gave this result (the map's own or its fallback layer's)
 
     @property
     def inlier_ratio(self) -> float:
@@ -60,6 +70,7 @@ class LocalizationResult:
                  intrinsics=self.intrinsics_source, num_keypoints=self.num_keypoints,
                  num_matches=self.num_matches, num_inliers=self.num_inliers,
                  inlier_ratio=round(self.inlier_ratio, 4), retrieved=self.retrieved, retrieval=self.retrieval,
+                 layer=self.layer,
                  timings={k: round(v, 4) for k, v in self.timings.items()})
         if self.camera is not None:
             d["camera"] = dict(model=self.camera.model.name, width=self.camera.width,
@@ -114,6 +125,19 @@ class Localizer:
         self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir))
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vloc-global")
+        self.fallback = self._load_fallback()
+
+    def _load_fallback(self) -> "Localizer | None":
+        """The localizer of the map's fallback layer when the preset asks for one."""
+        layer = fallback_preset(self.preset)
+        if layer is None:
+            return None
+        layer_dir = self.map_dir / FALLBACK_DIR
+        if not layer_dir.is_dir():
+            raise MapFormatError(f"{self.map_dir}: preset {self.preset.name!r} localizes weak queries again on a "
+                                 f"{layer.name!r} layer, but the map has none ({FALLBACK_DIR}/ is missing); "
+                                 f"rebuild it with --preset {self.preset.name}")
+        return Localizer(layer_dir, layer)
 
     @classmethod
     def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "Localizer":
@@ -150,7 +174,7 @@ class Localizer:
         except (ImageReadError, ValueError) as exc:
             return LocalizationResult(name, False, str(exc))
         with self._lock:
-            result = self._localize(array, camera, source, name, prior)
+            result = self._localize_with_fallback(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
         return result
 
@@ -211,10 +235,27 @@ class Localizer:
         best = near[np.argsort(-(self._whitened[near] @ query[0]))[:k]]
         return [("prior", [self.names[i] for i in best]), ("global after prior", global_names)]
 
+    def _localize_with_fallback(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str,
+                                prior: Prior | None) -> LocalizationResult:
+        """Localize with the map's own features; when that fails or finds fewer inliers than
+        ``preset.fallback.below_inliers``, again on the fallback layer, whose result wins if it succeeds."""
+        res = self._localize(image, camera, source, name, prior)
+        if self.fallback is None or (res.success and res.num_inliers >= self.preset.fallback.below_inliers):
+            return res
+        again = self.fallback._localize(image, camera, source, name, prior)
+        chosen = again if again.success else res
+        chosen.timings = {k: res.timings.get(k, 0.0) + again.timings.get(k, 0.0)
+                          for k in dict.fromkeys([*res.timings, *again.timings])}
+        if not chosen.success:
+            chosen.reason = f"{res.layer}: {res.reason}; {again.layer}: {again.reason}"
+        logger.debug("%s: %s gave %d inliers, fallback %s %d; kept %s", name, res.layer, res.num_inliers,
+                     again.layer, again.num_inliers, chosen.layer)
+        return chosen
+
     def _localize(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str,
                   prior: Prior | None) -> LocalizationResult:
         conf = self.preset.pose
-        res = LocalizationResult(name, False, intrinsics_source=source)
+        res = LocalizationResult(name, False, intrinsics_source=source, layer=self.preset.name)
         # The global descriptor (torch) runs beside the local features (OpenCV); both release the GIL.
         t = time.perf_counter()
         global_future = self._pool.submit(self._global_descriptor, image)

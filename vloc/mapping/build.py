@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -11,13 +12,13 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from vloc.config import Preset
+from vloc.config import Preset, fallback_preset
 from vloc.io.cameras import initial_camera
 from vloc.io.images import exif_focal_px, list_images
 from vloc.io.text import data_lines
 from vloc.mapping.database import write_database
 from vloc.mapping.extract import Extracted, extract_images
-from vloc.mapping.map_dir import MapData, atomic_map_dir, write_map
+from vloc.mapping.map_dir import FALLBACK_DIR, MANIFEST, MapData, atomic_map_dir, write_map
 from vloc.matching import make_matcher
 from vloc.matching.verify import num_inliers, verify_known_poses
 from vloc.retrieval.index import Whitening
@@ -41,10 +42,13 @@ def build_map(
 
     With ``reference`` (a COLMAP model with posed images), the map holds exactly its images with
     fixed poses and cameras, and points are triangulated from our matches. Without it, SfM.
+    A preset with a fallback layer (``preset.fallback``) also gets that layer, triangulated from
+    the map's own poses into ``out/fallback``; the directory appears only when both are complete.
     """
     images, out = Path(images), Path(out)
     if mapper not in MAPPERS:
         raise ValueError(f"Unknown mapper {mapper!r}; valid: {', '.join(MAPPERS)}")
+    layer = fallback_preset(preset)  # an unknown fallback name fails here, before any work
     ref = None
     if reference is not None:
         ref = pycolmap.Reconstruction(str(reference))
@@ -80,8 +84,20 @@ def build_map(
         data = _map_data(rec, extracted, whitening, preset, reference, mapper)
         data.manifest["source"]["images"] = str(images.resolve())  # where `vloc map adapt` finds them
         write_map(tmp, data)
+        if layer is not None:
+            _build_fallback_layer(images, tmp, layer, skip_bad_images)
     logger.info("map written to %s: %s", out, data.manifest.get("summary"))
     return data
+
+
+def _build_fallback_layer(images: Path, map_dir: Path, layer: Preset, skip_bad_images: bool) -> None:
+    """Triangulate ``layer``'s features from the poses and cameras of the map in ``map_dir``."""
+    logger.info("fallback layer %r: triangulating from the map's poses", layer.name)
+    out = map_dir / FALLBACK_DIR
+    build_map(images, out, layer, reference=map_dir / "model", skip_bad_images=skip_bad_images)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["source"]["reference"] = "../model"  # the enclosing map's model, wherever the map moves
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def _match_pairs(names, pairs, extracted, preset) -> dict[tuple[int, int], np.ndarray]:

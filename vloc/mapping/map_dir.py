@@ -8,6 +8,8 @@ MAP/
   global.npz           names, raw global descriptors, whitening (mean, projection)
   global.faiss         FAISS inner-product index over the whitened descriptors, rows = names
   delg-adapted.pt      only after `vloc map adapt`: the map's own DELG weights (see below)
+  fallback/            only for a preset with a fallback layer: a map directory of the layer's
+                       preset, triangulated from this map's poses (see vloc.config.FallbackConf)
 ```
 A map adapted by ``vloc map adapt`` carries its global model: the manifest's
 ``preset.global_desc`` names it with a weights path relative to the map directory, and its
@@ -41,6 +43,7 @@ from vloc.retrieval.index import Whitening, build_index
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+FALLBACK_DIR = "fallback"
 
 
 class MapFormatError(ValueError):

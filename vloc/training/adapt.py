@@ -38,6 +38,7 @@ from tqdm import tqdm
 from vloc.config import GlobalConf
 from vloc.io.images import read_image
 from vloc.mapping.map_dir import (
+    FALLBACK_DIR,
     MapData,
     atomic_map_dir,
     global_conf_in_map,
@@ -130,6 +131,8 @@ def adapt_map(map_dir: Path | str, conf: AdaptConf = AdaptConf(), images: Path |
         with atomic_map_dir(map_dir, overwrite=True) as tmp:
             write_map(tmp, new)
             shutil.copyfile(weights, tmp / WEIGHTS_FILE)
+            if (map_dir / FALLBACK_DIR).is_dir():  # the layer keeps its own global descriptor
+                shutil.copytree(map_dir / FALLBACK_DIR, tmp / FALLBACK_DIR)
     logger.info("%s adapted: global descriptor delg/%s with %s", map_dir, train_conf.variant, WEIGHTS_FILE)
     return adaptation
 

@@ -1,0 +1,88 @@
+"""A preset with a fallback layer: the layer is triangulated from the map's own poses, and weak or
+failed queries are localized again on it. The layer here is "fast" (XFeat, seconds to build);
+the "accurate" preset uses the same code with an ALIKED + LightGlue layer."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pycolmap
+import pytest
+
+from vloc.config import FallbackConf, Preset, fallback_preset, get_preset
+from vloc.evaluation.metrics import pose_error
+from vloc.io.cameras import read_queries
+from vloc.io.poses import read_poses
+from vloc.localization.localizer import Localizer
+from vloc.mapping.build import build_map
+from vloc.mapping.map_dir import FALLBACK_DIR, MANIFEST, MapFormatError
+
+# Every result is "weak" under ALWAYS, none under NEVER.
+ALWAYS = Preset(name="sift-then-fast", fallback=FallbackConf(preset="fast", below_inliers=10**9))
+NEVER = Preset(name="sift-then-fast", fallback=FallbackConf(preset="fast", below_inliers=0))
+
+
+@pytest.fixture(scope="module")
+def layered_map(kitti, tmp_path_factory):
+    out = tmp_path_factory.mktemp("maps") / "kitti-layered"
+    build_map(kitti.images, out, ALWAYS, reference=kitti.ref_model)
+    return out
+
+
+
+
+def test_layer_is_triangulated_from_the_maps_own_poses(layered_map):
+    main = pycolmap.Reconstruction(str(layered_map / "model"))
+    layer = pycolmap.Reconstruction(str(layered_map / FALLBACK_DIR / "model"))
+    poses = {im.name: im.cam_from_world() for im in main.images.values()}
+    assert {im.name for im in layer.images.values()} == set(poses)
+    for im in layer.images.values():
+        rel = im.cam_from_world() * poses[im.name].inverse()
+        assert rel.rotation.angle() < 1e-9 and np.linalg.norm(rel.translation) < 1e-9, im.name
+    assert layer.num_points3D() > 1000
+    manifest = json.loads((layered_map / FALLBACK_DIR / MANIFEST).read_text())
+    assert manifest["preset"]["name"] == "fast"
+    assert manifest["source"] == {**manifest["source"], "mode": "triangulation", "reference": "../model"}
+
+
+def test_weak_queries_are_localized_on_the_layer(layered_map, kitti):
+    truth = read_poses(kitti.gt)
+    always, never = Localizer.load(layered_map, ALWAYS), Localizer.load(layered_map, NEVER)
+    for q in read_queries(kitti.queries):
+        a, n = always.localize(kitti.images / q.name, q.camera), never.localize(kitti.images / q.name, q.camera)
+        assert (a.layer, n.layer) == ("fast", "sift-then-fast"), q.name
+        for result in (a, n):
+            assert result.success, (q.name, result.reason)
+            dt, dr = pose_error(result.cam_from_world, truth[q.name])
+            assert dt < 0.1 and dr < 0.5, (q.name, result.layer, dt, dr)  # fast on kitti: <= 3.7 cm, 0.27°
+        assert a.to_dict()["layer"] == "fast" and set(a.timings) == set(n.timings)
+
+
+def test_a_query_failing_on_both_layers_names_both_reasons(layered_map):
+    grey = np.full((376, 1241), 128, np.uint8)
+    result = Localizer.load(layered_map, ALWAYS).localize(grey)
+    assert not result.success and result.cam_from_world is None
+    assert result.reason.startswith("sift-then-fast: too few keypoints")
+    assert "; fast: " in result.reason
+
+
+def test_a_map_without_the_layer_is_refused_by_name(kitti_map):
+    with pytest.raises(MapFormatError, match=f"{FALLBACK_DIR}/ is missing.*--preset sift-then-fast"):
+        Localizer.load(kitti_map, ALWAYS)
+
+
+def test_bad_fallback_names_fail_before_any_work(kitti, tmp_path):
+    out = tmp_path / "never-written"
+    with pytest.raises(ValueError, match="Unknown preset 'nope'; valid presets: .*accurate"):
+        build_map(kitti.images, out, Preset(name="x", fallback=FallbackConf(preset="nope")), reference=kitti.ref_model)
+    chained = Preset(name="y", fallback=FallbackConf(preset="accurate"))
+    with pytest.raises(ValueError, match="has a fallback of its own"):
+        fallback_preset(chained)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_accurate_is_sift_with_an_aliked_lightglue_layer():
+    accurate, layer = get_preset("accurate"), fallback_preset(get_preset("accurate"))
+    assert accurate.features == get_preset("sift").features and accurate.matcher == get_preset("sift").matcher
+    assert layer is get_preset("aliked") and layer.matcher.name == "lightglue"
+
