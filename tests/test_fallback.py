@@ -86,3 +86,19 @@ def test_accurate_is_sift_with_an_aliked_lightglue_layer():
     assert accurate.features == get_preset("sift").features and accurate.matcher == get_preset("sift").matcher
     assert layer is get_preset("aliked") and layer.matcher.name == "lightglue"
 
+
+
+def test_map_adapt_keeps_the_layer(layered_map, kitti, tmp_path):
+    import shutil
+
+    from vloc.training.adapt import AdaptConf, adapt_map
+    from vloc.training.trainer import TrainConf
+
+    map_dir = tmp_path / "map"
+    shutil.copytree(layered_map, map_dir)
+    layer_manifest = (map_dir / FALLBACK_DIR / MANIFEST).read_text()
+    adapt_map(map_dir, AdaptConf(train=TrainConf(image_size=96, epochs=1, val_fraction=0.0)))
+    assert (map_dir / FALLBACK_DIR / MANIFEST).read_text() == layer_manifest
+    query = read_queries(kitti.queries)[0]
+    result = Localizer.load(map_dir, ALWAYS).localize(kitti.images / query.name, query.camera)
+    assert result.success and result.layer == "fast", result.reason
