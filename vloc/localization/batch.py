@@ -26,8 +26,8 @@ def localize_queries(
     for query in tqdm(queries, desc="localize", unit="query"):
         result = localizer.localize(image_dir / query.name, query.camera, name=query.name)
         if result.success:
-            logger.info("%s: localized, %d/%d inliers, intrinsics %s", query.name, result.num_inliers,
-                        result.num_matches, result.intrinsics_source)
+            logger.info("%s: localized, %d/%d inliers (preset %s), intrinsics %s", query.name, result.num_inliers,
+                        result.num_matches, result.layer, result.intrinsics_source)
         else:
             logger.warning("%s: failed: %s", query.name, result.reason)
         results.append(result)
