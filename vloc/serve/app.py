@@ -214,6 +214,8 @@ def openapi_spec() -> dict:
         **{k: {"type": "integer"} for k in ("num_keypoints", "num_matches", "num_inliers")},
         "inlier_ratio": {"type": "number"}, "retrieved": {"type": "array", "items": {"type": "string"}},
         "retrieval": {"type": "string"}, "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+        "layer": {"type": "string", "description": "the preset whose features gave the result: the map's own or "
+                  "its fallback layer's"},
         "camera": camera, "covariance": {"type": "array", "items": numbers, "nullable": True},
         "cam_from_world": {"type": "object", "nullable": True, "properties": {"qvec": numbers, "tvec": numbers}}}}
     binary = {"type": "string", "format": "binary"}
