@@ -8,6 +8,7 @@ import pycolmap
 import pytest
 
 from vloc.io.cameras import camera_from_dict, camera_from_fields, camera_to_fields, read_queries
+from vloc.io.files import atomic_path, write_text_atomic
 from vloc.io.kapture import read_kapture
 from vloc.io.poses import qt_from_rigid, read_poses, rigid_from_qt, write_poses
 from vloc.io.trajectories import read_kitti_poses, read_tum_trajectory, write_kitti_poses, write_tum_trajectory
@@ -143,3 +144,15 @@ def test_relative_thresholds_for_sfm_gauge_sets():
     assert thresholds_for(metric, ((0.25, 2.0),)) == (((0.25, 2.0),), "m", 1.0)
     gauge = {"units": "arbitrary (SfM gauge)", "scene_scale": {"median_consecutive_map_centre_distance": 8.0}}
     assert thresholds_for(gauge, ((0.25, 2.0), (0.5, 5.0))) == (((2.0, 2.0), (4.0, 5.0)), "steps", 8.0)
+
+
+def test_atomic_writes_keep_the_old_file_when_the_write_fails(tmp_path):
+    path = tmp_path / "sub" / "poses.txt"
+    write_text_atomic(path, "old\n")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old\n" and sorted(p.name for p in path.parent.iterdir()) == ["poses.txt"]
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in path.parent.iterdir()) == ["poses.txt"]

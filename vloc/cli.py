@@ -81,7 +81,8 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from vloc.evaluation.metrics import evaluate
-    from vloc.io.poses import read_poses, write_text_atomic
+    from vloc.io.files import write_text_atomic
+    from vloc.io.poses import read_poses
 
     summary = evaluate(read_poses(args.poses), read_poses(args.gt), args.thresholds)
     print(summary.format())
@@ -130,7 +131,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.kitti:
         write_kitti_poses(args.kitti, [pose for _, pose in stamped])
     if args.log:
-        from vloc.io.poses import write_text_atomic
+        from vloc.io.files import write_text_atomic
 
         write_text_atomic(args.log, json.dumps(dict(radius=tracker.radius, frames=log), indent=1))
     print(f"localized {len(stamped)}/{len(log)} frames (prior radius {tracker.radius:.3g} map units)")

@@ -1,12 +1,12 @@
 """Pose lists ``name qw qx qy qz tx ty tz`` (cam_from_world, COLMAP convention)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
+from vloc.io.files import write_text_atomic
 from vloc.io.text import data_lines, parse_floats
 
 
@@ -42,9 +42,3 @@ def write_poses(path: Path | str, poses: dict[str, pycolmap.Rigid3d]) -> None:
     """Write atomically: a reader never sees a half-written list."""
     write_text_atomic(Path(path), "".join(format_pose(n, p) + "\n" for n, p in poses.items()))
 
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

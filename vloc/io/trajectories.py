@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from vloc.io.poses import write_text_atomic
+from vloc.io.files import write_text_atomic
 from vloc.io.text import data_lines, parse_floats
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vloc.io.cameras import Query
-from vloc.io.poses import write_poses, write_text_atomic
+from vloc.io.files import write_text_atomic
+from vloc.io.poses import write_poses
 from vloc.localization.localizer import LocalizationResult, Localizer
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from vloc.config import Preset, RerankConf, check_compatible, get_preset
 from vloc.features import make_extractor
+from vloc.io.files import write_text_atomic
 from vloc.io.images import read_image
-from vloc.io.poses import write_text_atomic
 from vloc.mapping.map_dir import global_conf_in_map, load_map, map_preset, read_manifest
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model

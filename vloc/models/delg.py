@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vloc.io.files import atomic_path
 from vloc.models.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
 from vloc.models.tfslim_resnet import TFSlimResNet
 
@@ -201,13 +202,11 @@ def save_delg(model: DELG, path: str | Path, variant: str | None = None, extra: 
     if variant != model.variant:
         raise ValueError(f"save_delg: model is a {model.variant!r} DELG, not {variant!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT, "version": FORMAT_VERSION, "variant": variant, "global_dim": model.global_dim,
             "state_dict": state, "extra": dict(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
     return path
 
 

@@ -16,6 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from vloc.io.files import atomic_path
+
 
 class WeightsError(FileNotFoundError):
     """A weight file is missing or corrupt; the message says which and how to install it."""
@@ -137,10 +139,8 @@ def install(name: str, file: Path | None = None) -> Path:
         raise WeightsError(f"no source for weights {name!r}: {spec.install_hint}")
     check(spec, source)
     target = cache_dir() / spec.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
     return target
 
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from vloc.io.files import atomic_path
 from vloc.models.delg import DELG, build_delg, load_delg, preprocess, save_delg
 from vloc.training.data import (
     BatchSampler,
@@ -150,12 +149,6 @@ def retrieval_metrics(queries: np.ndarray, query_labels: np.ndarray, gallery: np
     return dict(recall_at_1=float(relevant[:, 0].mean()), mAP=float(ap.mean()), num_queries=int(keep.sum()))
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Train DELG on ``train`` (validated on ``val`` against ``train`` as the gallery).
 
@@ -267,10 +260,10 @@ class Trainer:
         extra = dict(training=dict(conf=dataclasses.asdict(self.conf), epoch=self.epoch,
                                    classes=len(self.train_set.classes), validation=validation))
         save_delg(self.model, self.out_dir / MODEL_FILE, self.conf.variant, extra)  # written atomically
-        _save_atomic(dict(epoch=self.epoch, history=self.history, conf=dataclasses.asdict(self.conf),
-                          classes=list(self.train_set.classes), loss=self.loss.state_dict(),
-                          optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict()),
-                     self.out_dir / STATE_FILE)
+        with atomic_path(self.out_dir / STATE_FILE) as tmp:
+            torch.save(dict(epoch=self.epoch, history=self.history, conf=dataclasses.asdict(self.conf),
+                            classes=list(self.train_set.classes), loss=self.loss.state_dict(),
+                            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict()), tmp)
         (self.out_dir / HISTORY_FILE).write_text(json.dumps(self.history, indent=1, default=float))
         return self.out_dir / MODEL_FILE
 
