@@ -22,7 +22,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from vloc.config import Preset, check_compatible, fallback_preset, get_preset
+from vloc.config import Preset, fallback_preset
 from vloc.features import Features, make_extractor
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
@@ -31,9 +31,7 @@ from vloc.mapping.map_dir import (
     FALLBACK_DIR,
     MapFormatError,
     global_conf_in_map,
-    load_map,
-    map_preset,
-    read_manifest,
+    open_map,
 )
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
@@ -105,10 +103,8 @@ class Prior:
 class Localizer:
     """Use :meth:`load`. Calls to :meth:`localize` are serialised by a lock (thread-safe)."""
 
-    def __init__(self, map_dir: Path, preset: Preset):
-        data = load_map(map_dir)
-        preset = map_preset(preset, data.manifest)  # an adapted map brings its own global model
-        check_compatible(data.manifest["preset"], preset, str(map_dir))
+    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None):
+        data, preset = open_map(Path(map_dir), preset)  # an adapted map brings its own global model
         self.map_dir, self.preset, self.manifest = Path(map_dir), preset, data.manifest
         self.names = data.global_names
         self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
@@ -142,9 +138,7 @@ class Localizer:
     @classmethod
     def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "Localizer":
         """Load ``map_dir``; ``preset`` defaults to the one the map was built with."""
-        if preset is None:
-            preset = read_manifest(Path(map_dir))["preset"]["name"]
-        return cls(Path(map_dir), get_preset(preset) if isinstance(preset, str) else preset)
+        return cls(map_dir, preset)
 
     def localize(
         self, image: ImageInput, camera: pycolmap.Camera | dict | None = None,

@@ -16,11 +16,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from vloc.config import Preset, RerankConf, check_compatible, get_preset
+from vloc.config import Preset, RerankConf
 from vloc.features import make_extractor
 from vloc.io.files import write_text_atomic
 from vloc.io.images import read_image
-from vloc.mapping.map_dir import global_conf_in_map, load_map, map_preset, read_manifest
+from vloc.mapping.map_dir import global_conf_in_map, open_map
 from vloc.matching import make_matcher
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import search
@@ -30,10 +30,8 @@ from vloc.retrieval.rerank import Candidate, rerank
 class MapRetriever:
     """Global-descriptor retrieval over a map's images, with optional re-ranking. Use :meth:`load`."""
 
-    def __init__(self, map_dir: Path, preset: Preset):
-        data = load_map(map_dir)
-        preset = map_preset(preset, data.manifest)  # an adapted map brings its own global model
-        check_compatible(data.manifest["preset"], preset, str(map_dir))
+    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None):
+        data, preset = open_map(Path(map_dir), preset)  # an adapted map brings its own global model
         self.map_dir, self.preset = Path(map_dir), preset
         self.names = data.global_names
         self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
@@ -46,9 +44,7 @@ class MapRetriever:
     @classmethod
     def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "MapRetriever":
         """Load ``map_dir``; ``preset`` defaults to the one the map was built with."""
-        if preset is None:
-            preset = read_manifest(Path(map_dir))["preset"]["name"]
-        return cls(Path(map_dir), get_preset(preset) if isinstance(preset, str) else preset)
+        return cls(map_dir, preset)
 
     def retrieve(self, image: np.ndarray, k: int, rerank_conf: RerankConf | None = None) -> list[Candidate]:
         """The ``k`` best map images for ``image`` (``(H, W)`` or ``(H, W, 3)`` uint8), best first.

@@ -36,7 +36,7 @@ import numpy as np
 import pycolmap
 
 from vloc import __version__
-from vloc.config import GlobalConf, Preset
+from vloc.config import GlobalConf, Preset, check_compatible, get_preset
 from vloc.features.base import Features
 from vloc.io.h5 import read_features, write_features
 from vloc.retrieval.index import Whitening, build_index
@@ -132,6 +132,18 @@ def load_map(directory: Path) -> MapData:
     g = np.load(directory / "global.npz")
     return MapData(reconstruction, features, point3D_ids, [str(n) for n in g["names"]], g["descriptors"],
                    Whitening(g["mean"], g["projection"]), manifest)
+
+
+def open_map(directory: Path, preset: str | Preset | None = None) -> tuple[MapData, Preset]:
+    """Load a map and the preset to use it with: ``preset`` (a name or a Preset; default: the one the
+    map was built with), given the map's own global descriptor when it carries one
+    (:func:`map_preset`), and refused when it describes images differently from the map."""
+    data = load_map(directory)
+    if preset is None:
+        preset = data.manifest["preset"]["name"]
+    preset = map_preset(get_preset(preset) if isinstance(preset, str) else preset, data.manifest)
+    check_compatible(data.manifest["preset"], preset, str(directory))
+    return data, preset
 
 
 def stored_global_conf(manifest: dict) -> GlobalConf:
