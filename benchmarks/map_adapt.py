@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from vloc.config import get_preset
-from vloc.evaluation.retrieval import average_precision, covisible_images, positive_ranks, recall_at_k
+from vloc.evaluation.retrieval import (
+    average_precision,
+    covisible_images,
+    positive_ranks,
+    rankings_from_scores,
+    recall_at_k,
+)
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.images import read_image
@@ -55,7 +61,7 @@ def rankings(map_dir: Path, image_dir: Path, names: list[str]) -> dict[str, list
     model = make_global_model(adapted_global_conf(map_dir))
     raw = np.stack([model(read_image(image_dir / n)) for n in names])
     scores = dict(white=data.whitening(raw) @ data.whitening(data.global_raw).T, raw=raw @ data.global_raw.T)
-    return {k: [[data.global_names[i] for i in row] for row in np.argsort(-v, axis=1)] for k, v in scores.items()}
+    return {k: [[data.global_names[i] for i in row] for row in rankings_from_scores(v)] for k, v in scores.items()}
 
 
 def metrics(ranked: list[list[str]], counts: list[dict[str, int]]) -> dict[str, float]:

@@ -44,7 +44,7 @@ import pycolmap
 import torch
 
 from vloc.config import FeatureConf, GlobalConf, MatcherConf, RerankConf, get_preset
-from vloc.evaluation.retrieval import covisible_images, recall_at_k
+from vloc.evaluation.retrieval import covisible_images, rankings_from_scores, recall_at_k
 from vloc.evaluation.timing import median_seconds
 from vloc.features import make_extractor
 from vloc.io.cameras import read_queries
@@ -243,7 +243,7 @@ def run(scenes: dict[str, Scene], ks: tuple[int, ...], repeat: int, num_candidat
                          num_candidates)
     for label, map_dirs in adapted.items():
         all_scores, seconds = per_map_scores(scenes, map_dirs, query_keys, probe, repeat)
-        ids = np.argsort(-all_scores, axis=1, kind="stable")
+        ids = rankings_from_scores(all_scores)
         scores = np.take_along_axis(all_scores, ids, axis=1)
         rows += rows_for(label, ranked_candidates(scores, ids, map_keys, query_keys), seconds, local, scenes, ks,
                          num_candidates)
