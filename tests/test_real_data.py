@@ -32,9 +32,10 @@ def test_triangulated_map_keeps_reference_poses(kitti, kitti_map):
     for im in ref.images.values():
         np.testing.assert_allclose(ours[im.name].matrix(), im.cam_from_world().matrix(), atol=1e-9)
     name = data.global_names[0]
-    ids = data.point3D_ids[name]
+    ids = data.point3D_ids(name)
     assert len(ids) == len(data.features[name]) and (ids >= 0).sum() > 100
-    assert data.manifest["preset"]["name"] == "sift" and data.manifest["counts"]["images"] == 10
+    assert data.manifest.preset_name == "sift" and data.manifest.counts.images == 10
+    assert data.manifest.index.kind == "flat" and data.manifest.prior_radius > 0
 
 
 def test_kitti_accuracy(kitti, kitti_map, tmp_path):
@@ -97,7 +98,7 @@ def test_bad_map_image_stops_or_is_skipped(kitti, tmp_path, caplog):
     assert main(["map", "build", "--images", str(images), "--out", str(out), "--reference", str(kitti.ref_model),
                  "--skip-bad-images"]) == 0
     data = load_map(out)
-    assert "000104.png" in data.manifest["source"]["skipped_images"]
+    assert "000104.png" in data.manifest.source.skipped_images
     assert "000104.png" not in data.global_names and len(data.global_names) == 9
 
 
@@ -139,6 +140,6 @@ def test_lund_sfm_from_scratch_registers_almost_all(tmp_path):
     assert main(["map", "build", "--images", str(lund.images), "--out", str(out)]) == 0
     data = load_map(out)
     assert data.reconstruction.num_reg_images() >= 27
-    assert data.manifest["source"]["mode"] == "sfm-incremental"
+    assert data.manifest.source.mode == "sfm-incremental"
     assert len(data.global_names) == data.reconstruction.num_reg_images()
     assert data.reconstruction.compute_mean_reprojection_error() < 1.5

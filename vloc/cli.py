@@ -33,9 +33,9 @@ def cmd_map_build(args: argparse.Namespace) -> int:
         preset = preset.with_overrides(pairs=PairsConf(
             num_retrieved=preset.pairs.num_retrieved if args.retrieval_k is None else args.retrieval_k,
             num_sequential=preset.pairs.num_sequential if args.sequential is None else args.sequential))
-    data = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
-                     mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite)
-    print(f"{args.out}: {data.manifest['summary']}")
+    manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
+                         mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite)
+    print(f"{args.out}: {manifest.summary}")
     return 0
 
 
@@ -52,6 +52,15 @@ def cmd_map_adapt(args: argparse.Namespace) -> int:
     adaptation = adapt_map(args.map, conf, args.images)
     print(f"{args.map}: global descriptor now delg/{train.variant} ({adaptation['weights']}), "
           f"{adaptation['clusters']['count']} covisibility clusters, {train.epochs} epochs")
+    return 0
+
+
+def cmd_map_upgrade(args: argparse.Namespace) -> int:
+    from vloc.mapping.manifest import read_manifest
+    from vloc.mapping.upgrade import upgrade_map
+
+    upgrade_map(args.map)
+    print(f"{args.map}: upgraded to map format version {read_manifest(args.map).format_version}")
     return 0
 
 
@@ -180,14 +189,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from vloc.mapping.map_dir import read_manifest
+    from vloc.mapping.manifest import read_manifest
 
-    manifest = read_manifest(args.map)
-    print(json.dumps({k: manifest[k] for k in ("summary", "counts", "source", "vloc_version", "pycolmap_version",
-                                                "created") if k in manifest}, indent=1))
+    manifest = read_manifest(args.map).to_dict()
+    print(json.dumps({k: manifest[k] for k in ("summary", "counts", "index", "prior_radius", "source",
+                                                "format_version", "vloc_version", "pycolmap_version", "created")},
+                     indent=1))
     print(f"preset: {manifest['preset']['name']}  features: {manifest['preset']['features']}  "
           f"global: {manifest['preset']['global_desc']}")
-    if "adaptation" in manifest:
+    if manifest["adaptation"]:
         a = manifest["adaptation"]
         print(f"adapted (vloc map adapt): {a['weights']}, {a['clusters']['count']} covisibility clusters, "
               f"{a['train']['epochs']} epochs, from {a['previous_global_desc']['name']}")
@@ -224,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--min-ratio", type=float, help="covisible: shared points / min(points of either) (default 0.5)")
     ad.add_argument("--min-shared", type=int, help="covisible: at least this many shared 3D points (default 20)")
     ad.set_defaults(func=cmd_map_adapt)
+    up = mp.add_parser("upgrade", help="convert a map of format version 1 to the current format in place "
+                       "(no image is read)")
+    up.add_argument("map", type=Path)
+    up.set_defaults(func=cmd_map_upgrade)
 
     tn = sub.add_parser("train", help="train models").add_subparsers(dest="train_command", required=True)
     td = tn.add_parser("delg", help="train DELG (ArcFace global + attention + autoencoder) on labelled images")

@@ -1,4 +1,4 @@
-"""HDF5 feature files: one group per image name with ``keypoints`` ``(N, 2)`` float32 (COLMAP
+"""HDF5 feature files (format-version-1 maps; read by ``vloc map upgrade``): one group per image name with ``keypoints`` ``(N, 2)`` float32 (COLMAP
 pixel convention), ``descriptors`` ``(N, D)`` float16 (unit norm), ``scores`` ``(N,)`` and,
 in a map, ``point3D_ids`` ``(N,)`` int64 (-1 where the keypoint observes no 3D point)."""
 from __future__ import annotations
@@ -11,14 +11,14 @@ import numpy as np
 from vloc.features.base import Features
 
 
-def _key(name: str) -> str:
+def key_of(name: str) -> str:
     return name.replace("/", "\\")  # keep image names with sub-folders as one group
 
 
 def write_features(path: Path, features: dict[str, Features], point3D_ids: dict[str, np.ndarray] | None = None) -> None:
     with h5py.File(path, "w") as f:
         for name, feats in features.items():
-            g = f.create_group(_key(name))
+            g = f.create_group(key_of(name))
             g.attrs["name"] = name
             g.attrs["image_size"] = np.asarray(feats.image_size, dtype=np.int64)
             g.create_dataset("keypoints", data=feats.keypoints.astype(np.float32))

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import faiss
 import numpy as np
 from tqdm import tqdm
 
@@ -31,12 +30,11 @@ class MapRetriever:
     """Global-descriptor retrieval over a map's images, with optional re-ranking. Use :meth:`load`."""
 
     def __init__(self, map_dir: Path | str, preset: str | Preset | None = None):
-        data, preset = open_map(Path(map_dir), preset)  # an adapted map brings its own global model
-        self.map_dir, self.preset = Path(map_dir), preset
-        self.names = data.global_names
-        self.index = faiss.read_index(str(self.map_dir / "global.faiss"))
-        self.whitening = data.whitening
-        self.features = data.features
+        store, _, preset = open_map(Path(map_dir), preset)  # an adapted map brings its own global model
+        self.map_dir, self.preset, self.store = Path(map_dir), preset, store
+        self.index = store.read_index()
+        self.whitening = store.whitening
+        self.features = store.feature_map()  # read per candidate when re-ranking
         self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir))
         self.extractor = make_extractor(preset.query_features)
         self.matcher = make_matcher(preset.matcher)
@@ -54,7 +52,7 @@ class MapRetriever:
         """
         depth = k if rerank_conf is None else max(k, rerank_conf.num_candidates)
         scores, ids = search(self.index, self.whitening(self.global_model(image)), depth)
-        candidates = [Candidate(self.names[i], float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+        candidates = [Candidate(self.store.name(i), float(s)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         if rerank_conf is not None:
             candidates = rerank(self.extractor(image), candidates, self.features, self.matcher, rerank_conf)
         return candidates[:k]

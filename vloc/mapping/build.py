@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -17,8 +16,9 @@ from vloc.io.cameras import initial_camera
 from vloc.io.images import exif_focal_px, list_images
 from vloc.io.text import data_lines
 from vloc.mapping.database import write_database
-from vloc.mapping.extract import Extracted, extract_images
-from vloc.mapping.map_dir import FALLBACK_DIR, MANIFEST, MapData, atomic_map_dir, write_map
+from vloc.mapping.extract import extract_images
+from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
+from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
 from vloc.matching import make_matcher
 from vloc.matching.verify import num_inliers, verify_known_poses
 from vloc.retrieval.index import Whitening
@@ -37,7 +37,7 @@ def read_image_list(path: Path) -> list[str]:
 def build_map(
     images: Path, out: Path, preset: Preset, reference: Path | None = None, image_list: Path | None = None,
     mapper: str = "incremental", skip_bad_images: bool = False, overwrite: bool = False,
-) -> MapData:
+) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
     With ``reference`` (a COLMAP model with posed images), the map holds exactly its images with
@@ -81,13 +81,17 @@ def build_map(
                 rec = _triangulate(ref, names, pairs, extracted, preset, db_path, images)
             else:
                 rec = _sfm(names, pairs, extracted, preset, db_path, images, Path(work), mapper)
-        data = _map_data(rec, extracted, whitening, preset, reference, mapper)
-        data.manifest["source"]["images"] = str(images.resolve())  # where `vloc map adapt` finds them
-        write_map(tmp, data)
+        registered = {im.name for im in rec.images.values() if im.has_pose}
+        source = Source(mode="triangulation" if reference else f"sfm-{mapper}",
+                        reference=str(reference) if reference else None,
+                        images=str(images.resolve()),  # where `vloc map adapt` finds them
+                        skipped_images=extracted.skipped,
+                        unregistered_images=sorted(set(extracted.features) - registered))
+        manifest = write_map(tmp, rec, extracted.features, extracted.global_desc, whitening, preset.to_dict(), source)
         if layer is not None:
             _build_fallback_layer(images, tmp, layer, skip_bad_images)
-    logger.info("map written to %s: %s", out, data.manifest.get("summary"))
-    return data
+    logger.info("map written to %s: %s", out, manifest.summary)
+    return manifest
 
 
 def _build_fallback_layer(images: Path, map_dir: Path, layer: Preset, skip_bad_images: bool) -> None:
@@ -95,9 +99,8 @@ def _build_fallback_layer(images: Path, map_dir: Path, layer: Preset, skip_bad_i
     logger.info("fallback layer %r: triangulating from the map's poses", layer.name)
     out = map_dir / FALLBACK_DIR
     build_map(images, out, layer, reference=map_dir / "model", skip_bad_images=skip_bad_images)
-    manifest = json.loads((out / MANIFEST).read_text())
-    manifest["source"]["reference"] = "../model"  # the enclosing map's model, wherever the map moves
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    manifest = read_manifest(out)  # the enclosing map's model, wherever the map moves:
+    write_manifest(out, manifest.replace(source=dataclasses.replace(manifest.source, reference="../model")))
 
 
 def _match_pairs(names, pairs, extracted, preset) -> dict[tuple[int, int], np.ndarray]:
@@ -194,23 +197,3 @@ def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper
     best = max(sizes, key=sizes.get)
     logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)
     return models[best]
-
-
-def _map_data(rec, extracted: Extracted, whitening, preset, reference, mapper) -> MapData:
-    point3D_ids, features = {}, {}
-    for image in rec.images.values():
-        if not image.has_pose:
-            continue
-        feats = extracted.features[image.name]
-        ids = np.full(len(feats), -1, np.int64)
-        for idx, p in enumerate(image.points2D):
-            if p.has_point3D():
-                ids[idx] = p.point3D_id
-        features[image.name], point3D_ids[image.name] = feats, ids
-    names = sorted(features)
-    raw = np.stack([extracted.global_desc[n] for n in names])
-    manifest = dict(preset=preset.to_dict(), source=dict(
-        mode="triangulation" if reference else f"sfm-{mapper}", reference=str(reference) if reference else None,
-        skipped_images=extracted.skipped, unregistered_images=sorted(set(extracted.features) - set(names))),
-        summary=f"{rec.num_reg_images()} images, {rec.num_points3D()} points3D")
-    return MapData(rec, features, point3D_ids, names, raw, whitening, manifest)

@@ -1,12 +1,12 @@
-"""The map directory format.
+"""The map directory (format version 2).
 
 ```
 MAP/
-  manifest.json        format version, vloc/pycolmap versions, the full preset, counts, image names
-  model/               COLMAP binary model (cameras.bin, images.bin, points3D.bin, ...)
-  features.h5          per image: keypoints, descriptors, scores, point3D_ids (see vloc.io.h5)
-  global.npz           names, raw global descriptors, whitening (mean, projection)
-  global.faiss         FAISS inner-product index over the whitened descriptors, rows = names
+  manifest.json        the typed, versioned record of vloc.mapping.manifest: format version,
+                       versions, the full preset, counts, index kind, default prior radius
+  model/               COLMAP binary model (cameras.bin, images.bin, points3D.bin, ...): the geometry
+  images/ features/ points3D/ global/
+                       memory-mapped arrays read per retrieved image (vloc.mapping.store)
   delg-adapted.pt      only after `vloc map adapt`: the map's own DELG weights (see below)
   fallback/            only for a preset with a fallback layer: a map directory of the layer's
                        preset, triangulated from this map's poses (see vloc.config.FallbackConf)
@@ -16,51 +16,55 @@ A map adapted by ``vloc map adapt`` carries its global model: the manifest's
 ``adaptation`` entry says how it was trained. :func:`map_preset` gives any preset that map's
 global descriptor, and :func:`global_conf_in_map` resolves the relative weights path.
 A map is written into a sibling temporary directory and renamed into place as the last step,
-so an interrupted build never leaves a directory that :func:`load_map` accepts.
+so an interrupted build never leaves a directory that :func:`open_map` accepts.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import faiss
 import numpy as np
 import pycolmap
+from tqdm import tqdm
 
-from vloc import __version__
 from vloc.config import GlobalConf, Preset, check_compatible, get_preset
 from vloc.features.base import Features
-from vloc.io.h5 import read_features, write_features
-from vloc.retrieval.index import Whitening, build_index
+from vloc.mapping.manifest import (
+    MANIFEST,
+    Counts,
+    IndexInfo,
+    Manifest,
+    MapFormatError,
+    Source,
+    read_manifest,
+    write_manifest,
+)
+from vloc.mapping.store import (
+    FEATURES,
+    IMAGES,
+    POINTS,
+    FeatureMap,
+    FeatureWriter,
+    MapStore,
+    prior_radius,
+    write_global,
+    write_points,
+)
+from vloc.retrieval.index import IndexKind, Whitening, build_index, index_params
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 FALLBACK_DIR = "fallback"
+MODEL_DIR = "model"
 
-
-class MapFormatError(ValueError):
-    """A directory is not a vloc map, or one written by an incompatible version."""
-
-
-@dataclass
-class MapData:
-    """Everything a map holds, in memory."""
-
-    reconstruction: pycolmap.Reconstruction
-    features: dict[str, Features]
-    point3D_ids: dict[str, np.ndarray]
-    global_names: list[str]
-    global_raw: np.ndarray  # (M, D) unit descriptors before whitening
-    whitening: Whitening
-    manifest: dict
+__all__ = ["FALLBACK_DIR", "MANIFEST", "MODEL_DIR", "MapData", "MapFormatError", "atomic_map_dir", "load_map",
+           "open_map", "write_map", "map_preset", "global_conf_in_map", "stored_global_conf", "read_manifest"]
 
 
 @contextmanager
@@ -85,80 +89,151 @@ def atomic_map_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_map(directory: Path, data: MapData) -> None:
-    model_dir = directory / "model"
-    model_dir.mkdir()
-    data.reconstruction.write_binary(str(model_dir))
-    write_features(directory / "features.h5", data.features, data.point3D_ids)
-    whitened = data.whitening(data.global_raw)
-    np.savez(directory / "global.npz", names=np.array(data.global_names), descriptors=data.global_raw,
-             mean=data.whitening.mean, projection=data.whitening.projection)
-    faiss.write_index(build_index(whitened), str(directory / "global.faiss"))
-    manifest = dict(data.manifest)
-    manifest.update(
-        format_version=FORMAT_VERSION, vloc_version=__version__, pycolmap_version=pycolmap.__version__,
-        faiss_version=faiss.__version__, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        counts=dict(images=data.reconstruction.num_reg_images(), points3D=data.reconstruction.num_points3D(),
-                    cameras=data.reconstruction.num_cameras(), indexed_images=len(data.global_names)),
-    )
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+def point3D_ids_of(image: pycolmap.Image) -> np.ndarray:
+    """``(N,)`` point3D id per point2D of ``image``, -1 where it observes none."""
+    ids = np.full(image.num_points2D(), -1, np.int64)
+    idx = np.asarray(image.get_observation_point2D_idxs(), np.int64)
+    if len(idx):
+        ids[idx] = [image.points2D[int(i)].point3D_id for i in idx]
+    return ids
 
 
-def read_manifest(directory: Path) -> dict:
+def write_map(
+    directory: Path, reconstruction: pycolmap.Reconstruction, features: Mapping[str, Features],
+    global_desc: Mapping[str, np.ndarray], whitening: Whitening, preset: dict, source: Source, *,
+    adaptation: dict | None = None, index_kind: IndexKind | str | None = None,
+) -> Manifest:
+    """Write a complete map into the (new, empty) ``directory``; returns its manifest.
+
+    Args:
+        reconstruction: the geometry; its registered images are the map's images, and their
+            points2D are the keypoints of ``features`` (same order).
+        features: name -> local features (read one image at a time: a lazy mapping is fine).
+        global_desc: name -> ``(D_g,)`` raw global descriptor, for every registered image.
+        whitening: learned on the raw descriptors; the index is built over its output.
+        index_kind: None picks by size (:func:`vloc.retrieval.index.default_kind`).
+    """
     directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise MapFormatError(f"{directory}: not a vloc map (no {MANIFEST})")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MapFormatError(f"{path}: corrupt manifest ({exc})") from exc
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise MapFormatError(f"{directory}: map format version {version} (written by vloc "
-                             f"{manifest.get('vloc_version')}); this vloc {__version__} reads version "
-                             f"{FORMAT_VERSION}. Rebuild the map with `vloc map build`.")
+    (directory / MODEL_DIR).mkdir()
+    reconstruction.write_binary(str(directory / MODEL_DIR))
+    images = sorted((im for im in reconstruction.images.values() if im.has_pose), key=lambda im: im.name)
+    if not images:
+        raise ValueError("the reconstruction has no registered image; a map needs at least one")
+    writer, keypoints, observations = None, 0, 0
+    for im in tqdm(images, desc="write map", unit="img", disable=len(images) < 1000):
+        feats = features[im.name]
+        if len(feats) != im.num_points2D():
+            raise ValueError(f"{im.name}: {len(feats)} keypoints but {im.num_points2D()} points2D in the model")
+        if writer is None:
+            writer = FeatureWriter(directory, feats.descriptors.shape[1])
+        ids = point3D_ids_of(im)
+        writer.add(im.name, feats, ids, im.projection_center())
+        keypoints, observations = keypoints + len(ids), observations + int((ids >= 0).sum())
+    writer.close()
+    point_ids = np.array(sorted(reconstruction.points3D), np.int64)
+    xyz = np.array([reconstruction.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
+    write_points(directory, point_ids, xyz)
+    raw = np.stack([np.asarray(global_desc[im.name], np.float32) for im in images])
+    index = build_index(whitening(raw), index_kind)
+    write_global(directory, raw, whitening, index)
+    kind, params = index_params(index)
+    centres = np.stack([im.projection_center() for im in images])
+    manifest = Manifest(
+        preset=preset, source=source, adaptation=adaptation,
+        counts=Counts(images=len(images), points3D=len(point_ids), cameras=reconstruction.num_cameras(),
+                      indexed_images=index.ntotal, keypoints=keypoints, observations=observations),
+        index=IndexInfo(kind=kind, dim=index.d, params=params), prior_radius=prior_radius(centres),
+        summary=f"{len(images)} images, {len(point_ids)} points3D",
+        pycolmap_version=pycolmap.__version__, faiss_version=faiss.__version__)
+    write_manifest(directory, manifest)
     return manifest
 
 
-def load_map(directory: Path) -> MapData:
+def copy_with_global(src: Path, dst: Path, raw: np.ndarray, whitening: Whitening, manifest: Manifest) -> Manifest:
+    """Copy the map ``src`` into the new, empty ``dst`` with other global descriptors: ``raw``
+    ``(N, D_g)`` in the store's row order, whitened by ``whitening``. The manifest written is
+    ``manifest`` with the new index's kind; it is returned."""
+    src, dst = Path(src), Path(dst)
+    for part in (MODEL_DIR, IMAGES, FEATURES, POINTS):
+        shutil.copytree(src / part, dst / part)
+    if FALLBACK_DIR in os.listdir(src):  # the layer keeps its own global descriptor
+        shutil.copytree(src / FALLBACK_DIR, dst / FALLBACK_DIR)
+    index = build_index(whitening(raw), IndexKind(manifest.index.kind))
+    write_global(dst, raw, whitening, index)
+    kind, params = index_params(index)
+    manifest = manifest.replace(index=IndexInfo(kind=kind, dim=index.d, params=params))
+    write_manifest(dst, manifest)
+    return manifest
+
+
+@dataclass
+class MapData:
+    """A map for offline tools (adaptation, benchmarks, tests): the manifest, the lazy store and,
+    on first access, the COLMAP model. The Localizer reads the store only."""
+
+    directory: Path
+    manifest: Manifest
+    store: MapStore
+
+    @cached_property
+    def reconstruction(self) -> pycolmap.Reconstruction:
+        return pycolmap.Reconstruction(str(self.directory / MODEL_DIR))
+
+    @property
+    def global_names(self) -> list[str]:
+        return [self.store.name(r) for r in range(len(self.store))]
+
+    @property
+    def global_raw(self) -> np.ndarray:
+        return np.asarray(self.store.global_raw)
+
+    @property
+    def whitening(self) -> Whitening:
+        return self.store.whitening
+
+    @property
+    def features(self) -> FeatureMap:
+        return self.store.feature_map()
+
+    def point3D_ids(self, name: str) -> np.ndarray:
+        return self.store.image_point3D_ids(self.store.row(name))
+
+
+def load_map(directory: Path | str) -> MapData:
     directory = Path(directory)
     manifest = read_manifest(directory)
-    for part in ("model", "features.h5", "global.npz", "global.faiss"):
-        if not (directory / part).exists():
-            raise MapFormatError(f"{directory}: incomplete map, {part} is missing")
-    reconstruction = pycolmap.Reconstruction(str(directory / "model"))
-    features, point3D_ids = read_features(directory / "features.h5")
-    g = np.load(directory / "global.npz")
-    return MapData(reconstruction, features, point3D_ids, [str(n) for n in g["names"]], g["descriptors"],
-                   Whitening(g["mean"], g["projection"]), manifest)
+    if not (directory / MODEL_DIR).is_dir():
+        raise MapFormatError(f"{directory}: incomplete map, {MODEL_DIR}/ is missing")
+    return MapData(directory, manifest, MapStore.open(directory))
 
 
-def open_map(directory: Path, preset: str | Preset | None = None) -> tuple[MapData, Preset]:
-    """Load a map and the preset to use it with: ``preset`` (a name or a Preset; default: the one the
-    map was built with), given the map's own global descriptor when it carries one
+def open_map(directory: Path | str, preset: str | Preset | None = None) -> tuple[MapStore, Manifest, Preset]:
+    """Open a map's store and the preset to use it with: ``preset`` (a name or a Preset; default:
+    the one the map was built with), given the map's own global descriptor when it carries one
     (:func:`map_preset`), and refused when it describes images differently from the map."""
-    data = load_map(directory)
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    store = MapStore.open(directory)
     if preset is None:
-        preset = data.manifest["preset"]["name"]
-    preset = map_preset(get_preset(preset) if isinstance(preset, str) else preset, data.manifest)
-    check_compatible(data.manifest["preset"], preset, str(directory))
-    return data, preset
+        preset = manifest.preset_name
+    preset = map_preset(get_preset(preset) if isinstance(preset, str) else preset, manifest)
+    check_compatible(manifest.preset, preset, str(directory))
+    return store, manifest, preset
 
 
-def stored_global_conf(manifest: dict) -> GlobalConf:
+def stored_global_conf(manifest: Manifest) -> GlobalConf:
     """The global descriptor configuration recorded in a map's manifest (missing fields: defaults)."""
-    stored = manifest["preset"]["global_desc"]
+    stored = manifest.preset["global_desc"]
     unknown = sorted(set(stored) - {f.name for f in dataclasses.fields(GlobalConf)})
     if unknown:
         raise MapFormatError(f"map manifest: global_desc has fields this vloc does not know: {unknown}")
     return GlobalConf(**stored)
 
 
-def map_preset(preset: Preset, manifest: dict) -> Preset:
+def map_preset(preset: Preset, manifest: Manifest) -> Preset:
     """``preset`` with the map's own global descriptor when the map carries its weights (an adapted
     map); unchanged otherwise. Localizing an adapted map thus always uses its adapted model."""
-    if "adaptation" not in manifest:
+    if manifest.adaptation is None:
         return preset
     return preset.with_overrides(global_desc=stored_global_conf(manifest))
 

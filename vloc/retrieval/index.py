@@ -1,7 +1,16 @@
-"""PCA-whitening learned from the map's own descriptors, and a FAISS inner-product index."""
+"""PCA-whitening learned from the map's own descriptors, and the FAISS inner-product index.
+
+:func:`build_index` picks the index kind by size (:data:`EXACT_MAX_SIZE`, measured in
+``benchmarks/retrieval_scale.py``, docs/benchmarks.md "Retrieval at scale"): exact search below it,
+an inverted file over 8-bit scalar-quantised vectors (``ivf-sq8``) above it, trained on the map's
+own descriptors. :func:`index_params` says what an index is, for the map's manifest.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 import faiss
 import numpy as np
@@ -35,15 +44,91 @@ class Whitening:
         return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def build_index(descriptors: np.ndarray) -> faiss.Index:
-    """Exact inner-product index over ``(N, d)`` unit descriptors."""
-    index = faiss.IndexFlatIP(descriptors.shape[1])
-    index.add(np.ascontiguousarray(descriptors, dtype=np.float32))
+class IndexKind(StrEnum):
+    FLAT = "flat"  # exact inner product
+    IVF_FLAT = "ivf-flat"  # inverted file, full vectors
+    IVF_SQ8 = "ivf-sq8"  # inverted file, 8-bit scalar-quantised vectors (4x smaller than flat)
+    IVF_PQ = "ivf-pq"  # inverted file, product-quantised vectors (d/4 bytes per vector)
+    HNSW_SQ8 = "hnsw-sq8"  # graph over 8-bit scalar-quantised vectors
+
+
+# Below this many vectors the exact index is used: at 100k x 256-d it answers in a few ms on two
+# cores (docs/benchmarks.md, "Retrieval at scale"), and an IVF index needs ~40 vectors per list to train.
+EXACT_MAX_SIZE = 100_000
+TRAIN_SEED = 0
+FACTORY = {IndexKind.FLAT: "Flat", IndexKind.IVF_FLAT: "IVF{nlist},Flat", IndexKind.IVF_SQ8: "IVF{nlist},SQ8",
+           IndexKind.IVF_PQ: "IVF{nlist},PQ{m}", IndexKind.HNSW_SQ8: "HNSW32,SQ8"}
+
+
+def num_lists(n: int) -> int:
+    """Inverted lists for ``n`` vectors: about ``4 sqrt(n)``, a power of two, at least 16."""
+    return max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
+
+
+def default_kind(n: int) -> IndexKind:
+    return IndexKind.FLAT if n <= EXACT_MAX_SIZE else IndexKind.IVF_SQ8
+
+
+def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *, nprobe: int | None = None,
+                progress: bool = False) -> faiss.Index:
+    """An inner-product index over ``(N, d)`` unit descriptors (rows = ids ``0..N-1``).
+
+    Args:
+        descriptors: ``(N, d)`` float32, unit L2 norm.
+        kind: an :class:`IndexKind` (its value or the enum); None picks by size (:func:`default_kind`).
+        nprobe: inverted lists visited per query (IVF kinds); None: ``max(16, nlist // 64)``.
+        progress: log FAISS's training progress.
+    """
+    x = np.ascontiguousarray(np.atleast_2d(descriptors), dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"descriptors must be (N, d), got shape {descriptors.shape}")
+    n, d = x.shape
+    try:
+        kind = default_kind(n) if kind is None else IndexKind(kind)
+    except ValueError:
+        raise ValueError(f"Unknown index kind {kind!r}; valid: {', '.join(k.value for k in IndexKind)}") from None
+    factory = FACTORY[kind]
+    if kind in (IndexKind.IVF_FLAT, IndexKind.IVF_SQ8, IndexKind.IVF_PQ):
+        nlist = num_lists(n)
+        if n < 39 * nlist:
+            raise ValueError(f"an {kind.value} index over {n} vectors would have {nlist} lists with fewer than 39 "
+                             f"training vectors each; use kind='flat'")
+        factory = factory.format(nlist=nlist, m=max(1, d // 4))
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    if kind is IndexKind.HNSW_SQ8:
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    if not index.is_trained:
+        sample = x
+        if kind is not IndexKind.HNSW_SQ8:
+            ivf = faiss.extract_index_ivf(index)
+            ivf.cp.seed, ivf.verbose = TRAIN_SEED, progress
+            if n > 256 * ivf.nlist:  # what FAISS's k-means would sample itself, made reproducible
+                sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(n, 256 * ivf.nlist, replace=False))]
+            ivf.nprobe = nprobe or max(16, ivf.nlist // 64)
+        index.train(sample)
+    index.add(x)
     return index
 
 
+def index_params(index: faiss.Index) -> tuple[str, dict[str, Any]]:
+    """``(kind, parameters)`` of an index built by :func:`build_index` (what a map's manifest records)."""
+    if isinstance(index, faiss.IndexFlat):
+        return IndexKind.FLAT.value, {}
+    if isinstance(index, faiss.IndexHNSW):
+        return IndexKind.HNSW_SQ8.value, dict(M=index.hnsw.nb_neighbors(1), efSearch=index.hnsw.efSearch)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    kinds = {faiss.IndexIVFFlat: IndexKind.IVF_FLAT, faiss.IndexIVFScalarQuantizer: IndexKind.IVF_SQ8,
+             faiss.IndexIVFPQ: IndexKind.IVF_PQ}
+    if type(ivf) not in kinds:
+        raise ValueError(f"not an index vloc builds: {type(ivf).__name__}")
+    kind = kinds[type(ivf)]
+    return kind.value, dict(nlist=ivf.nlist, nprobe=ivf.nprobe)
+
+
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` (clipped to the index size) -> ``(scores, ids)``, each ``(Q, k)``."""
+    """Top-``k`` (clipped to the index size) -> ``(scores, ids)``, each ``(Q, k)``; an approximate
+    index may return fewer hits, padded with id -1."""
     k = min(k, index.ntotal)
     if k == 0:
         q = len(np.atleast_2d(queries))

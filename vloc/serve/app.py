@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import math
@@ -186,8 +187,8 @@ def result_json(result: LocalizationResult) -> dict:
 def map_info(localizer: Localizer) -> dict:
     """The body of ``GET /map``."""
     m = localizer.manifest
-    return dict(summary=m.get("summary"), counts=m.get("counts"), preset=localizer.preset.name,
-                vloc_version=m.get("vloc_version"), created=m.get("created"), indexed_images=len(localizer.names))
+    return dict(summary=m.summary, counts=dataclasses.asdict(m.counts), preset=localizer.preset.name,
+                vloc_version=m.vloc_version, created=m.created, indexed_images=localizer.num_images)
 
 
 def openapi_spec() -> dict:
@@ -475,7 +476,7 @@ def serve(map_dir: Path | str, host: str = "127.0.0.1", port: int = 8000, preset
     try:
         bound_host, bound_port = server.server_address[:2]
         logger.info("serving map %s (%s) at http://%s:%d (API: /openapi.json)", map_dir,
-                    localizer.manifest.get("summary"), bound_host, bound_port)
+                    localizer.manifest.summary, bound_host, bound_port)
         server.serve_forever()
     except KeyboardInterrupt:
         logger.info("interrupted: shutting down")

@@ -37,15 +37,15 @@ from tqdm import tqdm
 
 from vloc.config import GlobalConf
 from vloc.io.images import read_image
+from vloc.mapping.manifest import Manifest
 from vloc.mapping.map_dir import (
-    FALLBACK_DIR,
     MapData,
     atomic_map_dir,
+    copy_with_global,
     global_conf_in_map,
     load_map,
     read_manifest,
     stored_global_conf,
-    write_map,
 )
 from vloc.retrieval import make_global_model
 from vloc.retrieval.index import Whitening
@@ -69,9 +69,9 @@ class AdaptConf:
     min_shared: int = 20  # covisibility: shared 3D points
 
 
-def map_images_dir(manifest: dict, images: Path | str | None, map_dir: Path) -> Path:
+def map_images_dir(manifest: Manifest, images: Path | str | None, map_dir: Path) -> Path:
     """The folder holding the map's images: ``images`` if given, else the one the map was built from."""
-    path = Path(images) if images is not None else manifest.get("source", {}).get("images")
+    path = Path(images) if images is not None else manifest.source.images
     if path is None:
         raise ValueError(f"{map_dir}: the manifest does not say where the map's images are (map built by an older "
                          "vloc); pass --images DIR")
@@ -124,15 +124,11 @@ def adapt_map(map_dir: Path | str, conf: AdaptConf = AdaptConf(), images: Path |
             init=str(init) if init else "imagenet",
             losses_first_epoch=history[1]["losses"] if len(history) > 1 else None,
             losses_last_epoch=history[-1].get("losses"))
-        manifest = dict(data.manifest, adaptation=adaptation)
-        manifest["preset"] = dict(manifest["preset"], global_desc=dataclasses.asdict(new_conf))
-        new = dataclasses.replace(data, global_raw=raw, whitening=Whitening.learn(raw, new_conf.pca_dim),
-                                  manifest=manifest)
+        manifest = data.manifest.replace(
+            adaptation=adaptation, preset=dict(data.manifest.preset, global_desc=dataclasses.asdict(new_conf)))
         with atomic_map_dir(map_dir, overwrite=True) as tmp:
-            write_map(tmp, new)
+            copy_with_global(map_dir, tmp, raw, Whitening.learn(raw, new_conf.pca_dim), manifest)
             shutil.copyfile(weights, tmp / WEIGHTS_FILE)
-            if (map_dir / FALLBACK_DIR).is_dir():  # the layer keeps its own global descriptor
-                shutil.copytree(map_dir / FALLBACK_DIR, tmp / FALLBACK_DIR)
     logger.info("%s adapted: global descriptor delg/%s with %s", map_dir, train_conf.variant, WEIGHTS_FILE)
     return adaptation
 

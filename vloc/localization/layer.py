@@ -1,0 +1,103 @@
+"""One feature layer of a map: its store, retrieval, extractor, 2D-3D matching and pose settings.
+
+A map has one layer, or two when its preset has a fallback (``MAP/fallback/``). A layer localizes
+a query given the query's raw global descriptor, which the caller computes once for all layers
+that share a global model.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from vloc.config import Preset
+from vloc.features import Features, make_extractor
+from vloc.localization.matching import make_matching
+from vloc.localization.pose import estimate_absolute_pose
+from vloc.localization.result import LocalizationResult, Prior
+from vloc.localization.retriever import ImageRetriever
+from vloc.mapping.map_dir import global_conf_in_map, open_map
+from vloc.matching import make_matcher
+
+
+class Layer:
+    """Use :meth:`open`. Holds no per-image object: features are read for the retrieved images."""
+
+    def __init__(self, directory: Path, preset: str | Preset | None = None):
+        self.store, self.manifest, self.preset = open_map(directory, preset)  # adapted maps bring their model
+        self.directory = Path(directory)
+        self.retriever = ImageRetriever(self.store, self.store.read_index())
+        self.extractor = make_extractor(self.preset.query_features)
+        self.matching = make_matching(make_matcher(self.preset.matcher), self.store)
+        self.global_conf = global_conf_in_map(self.preset.global_desc, self.directory)
+
+    @classmethod
+    def open(cls, directory: Path | str, preset: str | Preset | None = None) -> "Layer":
+        return cls(Path(directory), preset)
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+    @property
+    def prior_radius(self) -> float:
+        return self.manifest.prior_radius
+
+    def localize(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str, raw_global,
+                 prior: Prior | None, feats: Features | None = None) -> LocalizationResult:
+        """Localize with this layer's features (extracted here unless ``feats`` is given).
+
+        ``raw_global`` is the query's ``(D_g,)`` raw global descriptor, or a future of it (it runs
+        beside the local features); the ``global`` timing is the part not hidden behind them."""
+        conf = self.preset.pose
+        res = LocalizationResult(name, False, intrinsics_source=source, layer=self.preset.name)
+        t = time.perf_counter()
+        if feats is None:
+            feats = self.extractor(image)
+        res.num_keypoints = len(feats)
+        res.timings["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        raw = raw_global.result() if hasattr(raw_global, "result") else raw_global
+        query = self.retriever.whiten(raw)
+        res.timings["global"] = time.perf_counter() - t
+        if len(feats) < conf.min_inliers:
+            res.reason = f"too few keypoints ({len(feats)} < {conf.min_inliers})"
+            return res
+        tried: list[str] = []
+        for mode, rows in self.retriever.retrievals(query, conf.num_retrieved, prior):
+            retrieved = [self.store.name(int(r)) for r in rows]
+            if retrieved == tried:
+                continue  # the prior's images were the global ones: nothing new to try
+            res.retrieval, res.retrieved, tried = mode, retrieved, retrieved
+            self._match_and_estimate(res, feats, camera, rows)
+            if res.success:
+                break
+        return res
+
+    def _match_and_estimate(self, res: LocalizationResult, feats: Features, camera: pycolmap.Camera,
+                            rows: np.ndarray) -> None:
+        """Fill ``res`` from matching ``feats`` to the points of the images ``rows``."""
+        conf = self.preset.pose
+        t = time.perf_counter()
+        pairs = self.matching(feats, rows)
+        res.num_matches, res.num_inliers = len(pairs), 0
+        res.timings["match"] = res.timings.get("match", 0.0) + time.perf_counter() - t
+        if len(pairs) < conf.min_inliers:
+            res.reason = f"too few 2D-3D matches ({len(pairs)} < {conf.min_inliers})"
+            return
+        t = time.perf_counter()
+        estimate = estimate_absolute_pose(feats.keypoints[pairs[:, 0]], self.store.points_xyz(pairs[:, 1]), camera,
+                                          conf, focal_known=res.intrinsics_source != "estimated")
+        res.timings["pose"] = res.timings.get("pose", 0.0) + time.perf_counter() - t
+        if estimate is None:
+            res.reason = "pose estimation failed (RANSAC found no model)"
+            return
+        res.num_inliers = estimate.num_inliers
+        if res.num_inliers < conf.min_inliers or res.inlier_ratio < conf.min_inlier_ratio:
+            res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
+                          f"and ratio {conf.min_inlier_ratio})")
+            return
+        res.success, res.reason, res.cam_from_world = True, "", estimate.cam_from_world
+        res.camera, res.covariance = estimate.camera, estimate.covariance
