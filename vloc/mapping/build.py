@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,8 +67,11 @@ def build_map(
     if len(names) < 2:
         raise ValueError(f"{images}: need at least 2 map images, found {len(names)}")
 
+    seconds: dict[str, float] = {}  # per stage, recorded in the manifest
+    t = time.perf_counter()
     with atomic_map_dir(out, overwrite) as tmp:
         extracted = extract_images(images, names, preset, skip_bad_images)  # raises unless skipping
+        t = _lap(seconds, "extract", t)
         names = [n for n in names if n in extracted.features]
         if len(names) < 2:
             raise ValueError(f"{images}: fewer than 2 readable map images ({len(extracted.skipped)} skipped)")
@@ -75,12 +79,16 @@ def build_map(
         whitening = Whitening.learn(raw, preset.global_desc.pca_dim)
         pairs = select_pairs(whitening(raw), preset.pairs.num_retrieved, preset.pairs.num_sequential)
         logger.info("%d images, %d pairs", len(names), len(pairs))
+        t = _lap(seconds, "pairs", t)
+        matches = _match_pairs(names, pairs, extracted, preset)
+        t = _lap(seconds, "match", t)
         with tempfile.TemporaryDirectory(dir=tmp) as work:
             db_path = Path(work) / "database.db"
             if ref is not None:
-                rec = _triangulate(ref, names, pairs, extracted, preset, db_path, images)
+                rec = _triangulate(ref, names, matches, extracted, preset, db_path, images)
             else:
-                rec = _sfm(names, pairs, extracted, preset, db_path, images, Path(work), mapper)
+                rec = _sfm(names, matches, extracted, preset, db_path, images, Path(work), mapper)
+        t = _lap(seconds, "triangulate" if ref is not None else "sfm", t)
         registered = {im.name for im in rec.images.values() if im.has_pose}
         source = Source(mode="triangulation" if reference else f"sfm-{mapper}",
                         reference=str(reference) if reference else None,
@@ -88,10 +96,21 @@ def build_map(
                         skipped_images=extracted.skipped,
                         unregistered_images=sorted(set(extracted.features) - registered))
         manifest = write_map(tmp, rec, extracted.features, extracted.global_desc, whitening, preset.to_dict(), source)
+        t = _lap(seconds, "write", t)
         if layer is not None:
             _build_fallback_layer(images, tmp, layer, skip_bad_images)
+            _lap(seconds, "fallback layer", t)
+        manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()})
+        write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", out, manifest.summary)
     return manifest
+
+
+def _lap(seconds: dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    seconds[stage] = now - since
+    logger.info("%s: %.1f s", stage, seconds[stage])
+    return now
 
 
 def _build_fallback_layer(images: Path, map_dir: Path, layer: Preset, skip_bad_images: bool) -> None:
@@ -110,12 +129,11 @@ def _match_pairs(names, pairs, extracted, preset) -> dict[tuple[int, int], np.nd
             for i, j in tqdm(pairs, desc="match", unit="pair")}
 
 
-def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> pycolmap.Reconstruction:
+def _triangulate(ref, names, matches, extracted, preset, db_path, image_dir) -> pycolmap.Reconstruction:
     by_name = {im.name: im for im in ref.images.values()}
     for name, im in list(by_name.items()):
         if name not in extracted.features:
             ref.deregister_frame(im.frame_id)  # skipped bad image: keep the others fixed
-    matches = _match_pairs(names, pairs, extracted, preset)
     geometries = {}
     for (i, j), m in matches.items():
         a, b = by_name[names[i]], by_name[names[j]]
@@ -124,7 +142,7 @@ def _triangulate(ref, names, pairs, extracted, preset, db_path, image_dir) -> py
             ref.cameras[a.camera_id], ref.cameras[b.camera_id], a.cam_from_world(), b.cam_from_world(), preset.verify)
         if num_inliers(geometry) >= preset.verify.min_inliers:
             geometries[(a.image_id, b.image_id)] = geometry
-    logger.info("%d of %d pairs verified against the known poses", len(geometries), len(pairs))
+    logger.info("%d of %d pairs verified against the known poses", len(geometries), len(matches))
     write_database(
         db_path, dict(ref.cameras.items()),
         {im.image_id: (n, im.camera_id) for n, im in by_name.items()},
@@ -165,10 +183,9 @@ def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolm
     return cameras, camera_of_image
 
 
-def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
-    """Match in Python, verify with pycolmap (C++, multi-threaded), then map."""
+def _sfm(names, matches, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
+    """Verify the matches with pycolmap (C++, multi-threaded), then map."""
     cameras, camera_of = _shared_cameras(names, extracted, image_dir)
-    matches = _match_pairs(names, pairs, extracted, preset)
     write_database(db_path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
                    {i + 1: extracted.features[n].keypoints for i, n in enumerate(names)},
                    {(i + 1, j + 1): m for (i, j), m in matches.items() if len(m)})
@@ -191,7 +208,7 @@ def _sfm(names, pairs, extracted, preset, db_path, image_dir, work: Path, mapper
             setattr(options.mapper, key, value)
         models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out), options)
     if not models:
-        raise RuntimeError(f"SfM registered no images out of {len(names)} ({len(pairs)} image pairs matched): "
+        raise RuntimeError(f"SfM registered no images out of {len(names)} ({len(matches)} image pairs matched): "
                            "too little overlap or texture; try --retrieval-k, --sequential or more images")
     sizes = {k: m.num_reg_images() for k, m in models.items()}
     best = max(sizes, key=sizes.get)

@@ -66,6 +66,7 @@ class Manifest:
     prior_radius: float  # default radius of a prior (map units): 5x the median nearest-camera distance
     summary: str = ""
     adaptation: dict[str, Any] | None = None  # set by `vloc map adapt`
+    build_seconds: dict[str, float] = field(default_factory=dict)  # per build stage, when built by `vloc map build`
     format_version: int = FORMAT_VERSION
     vloc_version: str = __version__
     pycolmap_version: str = ""
