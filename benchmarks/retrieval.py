@@ -113,7 +113,8 @@ def load_scene(ds: PreparedSet, work: Path, min_shared: int) -> Scene:
         rec = load_map(map_dir).reconstruction
     except MapFormatError:
         logging.info("building the %s map under %s", ds.name, map_dir)
-        rec = build_map(ds.images, map_dir, get_preset("sift"), reference=ds.ref_model, overwrite=True).reconstruction
+        build_map(ds.images, map_dir, get_preset("sift"), reference=ds.ref_model, overwrite=True)
+        rec = load_map(map_dir).reconstruction
     ref_names = sorted(im.name for im in pycolmap.Reconstruction(str(ds.ref_model)).images.values())
     gt = read_poses(ds.gt)
     queries = read_queries(ds.queries)
@@ -157,7 +158,7 @@ def adapt_maps(scenes: dict[str, Scene], work: Path, label: str, conf: AdaptConf
     out = {}
     for name, scene in scenes.items():
         target = work / "adapted" / label.replace(" ", "_") / name
-        if "adaptation" not in (read_manifest(target) if (target / "manifest.json").is_file() else {}):
+        if not (target / "manifest.json").is_file() or read_manifest(target).adaptation is None:
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(work / "maps" / name, target)

@@ -22,6 +22,7 @@ import pycolmap
 
 from vloc.config import DEFAULT_PRESET, get_preset
 from vloc.mapping.build import build_map
+from vloc.mapping.map_dir import load_map
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -54,9 +55,9 @@ def main() -> None:
     for mapper in args.mappers:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            data = build_map(root / "images", Path(tmp) / "map", get_preset(DEFAULT_PRESET), mapper=mapper)
+            build_map(root / "images", Path(tmp) / "map", get_preset(DEFAULT_PRESET), mapper=mapper)
             seconds = time.perf_counter() - t
-        rec = data.reconstruction
+            rec = load_map(Path(tmp) / "map").reconstruction
         names = [im.name for im in rec.images.values() if im.has_pose and im.name in gt_centres]
         ours = np.array([rec.find_image_with_name(n).projection_center() for n in names])
         theirs = np.array([gt_centres[n] for n in names])

@@ -29,8 +29,6 @@ def layered_map(kitti, tmp_path_factory):
     return out
 
 
-
-
 def test_layer_is_triangulated_from_the_maps_own_poses(layered_map):
     main = pycolmap.Reconstruction(str(layered_map / "model"))
     layer = pycolmap.Reconstruction(str(layered_map / FALLBACK_DIR / "model"))
@@ -56,6 +54,8 @@ def test_weak_queries_are_localized_on_the_layer(layered_map, kitti):
             dt, dr = pose_error(result.cam_from_world, truth[q.name])
             assert dt < 0.1 and dr < 0.5, (q.name, result.layer, dt, dr)  # fast on kitti: <= 3.7 cm, 0.27°
         assert a.to_dict()["layer"] == "fast" and set(a.timings) == set(n.timings)
+    # both layers share one global model, so a fallback query computes its global descriptor once
+    assert always.layer.global_conf == always.fallback.global_conf and len(always._global_models) == 1
 
 
 def test_a_query_failing_on_both_layers_names_both_reasons(layered_map):

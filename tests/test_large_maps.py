@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from vloc.evaluation.memory import status_mb
+from vloc.memory import status_mb
 from vloc.evaluation.synthetic import SyntheticScene, project_query, write_synthetic_map
 from vloc.io.arrays import NpyAppender, open_array
 from vloc.localization.layer import Layer

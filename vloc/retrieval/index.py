@@ -60,9 +60,17 @@ FACTORY = {IndexKind.FLAT: "Flat", IndexKind.IVF_FLAT: "IVF{nlist},Flat", IndexK
            IndexKind.IVF_PQ: "IVF{nlist},PQ{m}", IndexKind.HNSW_SQ8: "HNSW32,SQ8"}
 
 
+TRAIN_PER_LIST = 64  # k-means training vectors per inverted list (FAISS accepts 39 to 256)
+
+
 def num_lists(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about ``4 sqrt(n)``, a power of two, at least 16."""
-    return max(16, 2 ** round(math.log2(4 * math.sqrt(max(n, 1)))))
+    """Inverted lists for ``n`` vectors: about ``sqrt(n)``, a power of two, at least 16."""
+    return max(16, 2 ** round(math.log2(math.sqrt(max(n, 1)))))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists visited per query: 1/32 of them, at least 8."""
+    return max(8, nlist // 32)
 
 
 def default_kind(n: int) -> IndexKind:
@@ -76,7 +84,7 @@ def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *,
     Args:
         descriptors: ``(N, d)`` float32, unit L2 norm.
         kind: an :class:`IndexKind` (its value or the enum); None picks by size (:func:`default_kind`).
-        nprobe: inverted lists visited per query (IVF kinds); None: ``max(16, nlist // 64)``.
+        nprobe: inverted lists visited per query (IVF kinds); None: :func:`default_nprobe`.
         progress: log FAISS's training progress.
     """
     x = np.ascontiguousarray(np.atleast_2d(descriptors), dtype=np.float32)
@@ -103,9 +111,10 @@ def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *,
         if kind is not IndexKind.HNSW_SQ8:
             ivf = faiss.extract_index_ivf(index)
             ivf.cp.seed, ivf.verbose = TRAIN_SEED, progress
-            if n > 256 * ivf.nlist:  # what FAISS's k-means would sample itself, made reproducible
-                sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(n, 256 * ivf.nlist, replace=False))]
-            ivf.nprobe = nprobe or max(16, ivf.nlist // 64)
+            cap = TRAIN_PER_LIST * ivf.nlist
+            if n > cap:  # a reproducible sample keeps k-means' cost bounded (1M vectors: 65k samples)
+                sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(n, cap, replace=False))]
+            ivf.nprobe = nprobe or default_nprobe(ivf.nlist)
         index.train(sample)
     index.add(x)
     return index
