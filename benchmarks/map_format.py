@@ -21,10 +21,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from vloc.memory import status_mb
 from vloc.io.h5 import key_of, write_features
 from vloc.mapping.map_dir import load_map
 from vloc.mapping.store import MapStore
+from vloc.memory import status_mb
 
 
 class H5Store:

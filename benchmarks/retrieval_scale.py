@@ -21,7 +21,8 @@ recall@10 = |approximate top-10 & exact top-10| / 10, averaged over the 200 quer
 150 synthetic). Query time: one query per ``search`` call (as the Localizer searches), median
 over the queries after one warm-up, FAISS's OpenMP threads at their default. Memory: the index's
 serialised size (what it holds in RAM). The index is built with the parameters ``build_index``
-uses for a map; ``--nprobe`` adds rows for other probe counts of the IVF kinds.
+uses for a map; ``--nprobe`` and ``--ef-search`` add rows for other probe counts of the IVF kinds
+and other search depths of HNSW.
 """
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf-flat", "ivf-sq8", "ivf-pq", "hnsw-sq8"])
     parser.add_argument("--nprobe", type=int, nargs="*", default=[16, 32, 128], help="extra nprobe rows (IVF)")
+    parser.add_argument("--ef-search", type=int, nargs="*", default=[64, 256, 512], help="extra efSearch rows (HNSW)")
     parser.add_argument("--skip", nargs="*", default=[], metavar="KIND@SIZE",
                         help="combinations not to build, e.g. hnsw-sq8@1000000")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
@@ -144,8 +146,12 @@ def main() -> None:
             probes = [None]
             if IndexKind(kind).value.startswith("ivf"):
                 probes += [p for p in args.nprobe if p != faiss.extract_index_ivf(index).nprobe]
+            elif IndexKind(kind) is IndexKind.HNSW_SQ8:
+                probes += [p for p in args.ef_search if p != index.hnsw.efSearch]
             for nprobe in probes:
-                if nprobe is not None:
+                if nprobe is not None and IndexKind(kind) is IndexKind.HNSW_SQ8:
+                    index.hnsw.efSearch = nprobe
+                elif nprobe is not None:
                     faiss.extract_index_ivf(index).nprobe = nprobe
                 query_s, found = time_queries(index, queries)
                 _, params = index_params(index)
@@ -157,14 +163,15 @@ def main() -> None:
             del index
     print(f"\n{os.cpu_count()} CPUs, FAISS {faiss.__version__}, OpenMP threads {faiss.omp_get_max_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}; 256-D; recall@{K} vs exact over 200 queries (50 real)")
-    head = f"{'images':>9}  {'index':<10}{'parameters':<28}{'build s':>9}{'memory MB':>11}{'query ms':>10}{'recall@10':>11}{'(real)':>8}"
+    head = (f"{'images':>9}  {'index':<10}{'parameters':<28}{'build s':>9}{'memory MB':>11}{'query ms':>10}"
+            f"{'recall@10':>11}{'(real)':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) + ("" if r["default"] else " *")
         print(f"{r['size']:>9}  {r['kind']:<10}{params:<28}{r['build_s']:>9.1f}{r['memory_mb']:>11.1f}"
               f"{r['query_ms']:>10.2f}{r['recall']:>11.3f}{r['recall_real']:>8.3f}")
-    print("* a probe count other than build_index's default")
+    print("* a probe count (IVF) or search depth (HNSW) other than build_index's default")
 
 
 if __name__ == "__main__":

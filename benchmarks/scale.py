@@ -8,8 +8,7 @@ Maps are triangulated from the ground-truth poses of frames of ``7scenes_seq1000
 that are not queries; the queries are always the 50 frames 10, 30, ..., 990 of
 ``prepared/7scenes``. Each map is opened and queried in a fresh process (so that one map's memory
 does not count against the next): ``Localizer.load`` time, ``RssAnon`` (anonymous resident memory,
-``/proc/self/status``; malloc arenas capped at 2 as the ``vloc`` command does, see
-vloc.memory; ``--malloc-arenas 0`` keeps glibc's default) after load, after the first query and after all, median and p90 seconds
+``/proc/self/status``) after load, after the first query and after all, median and p90 seconds
 per stage over ``--passes`` passes, localized count and median error. ``--long-run N`` also
 localizes N queries (the 50, cycled) against the largest map and prints RssAnon along the way.
 """
@@ -45,9 +44,9 @@ def map_frames(size: int) -> list[int]:
 
 def write_reference(seq: Path, frames: list[int], out: Path) -> None:
     """A COLMAP text model of the frames' ground-truth poses (pose.txt: 4x4 camera-to-world)."""
-    from vloc.io.poses import format_pose
-
     import pycolmap
+
+    from vloc.io.poses import format_pose
 
     out.mkdir(parents=True)
     lines = []
@@ -64,11 +63,11 @@ def write_reference(seq: Path, frames: list[int], out: Path) -> None:
 
 def measure(map_dir: Path, prepared: Path, preset: str | None, passes: int, long_run: int) -> dict:
     """Open ``map_dir`` and localize the prepared set's queries (run in a fresh process)."""
-    from vloc.memory import status_mb
     from vloc.evaluation.metrics import evaluate
     from vloc.io.cameras import read_queries
     from vloc.io.poses import read_poses
     from vloc.localization.localizer import Localizer
+    from vloc.memory import status_mb
 
     rss_start = status_mb()
     t = time.perf_counter()
@@ -90,7 +89,8 @@ def measure(map_dir: Path, prepared: Path, preset: str | None, passes: int, long
         if (n + 1) in (100, 250, 500, 750, 1000) or n + 1 == long_run:
             rss_trace.append((n + 1, round(status_mb(), 1)))
     first_pass = results[:len(queries)]
-    summary = evaluate({r.name: r.cam_from_world for r in first_pass if r.success}, read_poses(prepared / "gt_queries.txt"))
+    estimates = {r.name: r.cam_from_world for r in first_pass if r.success}
+    summary = evaluate(estimates, read_poses(prepared / "gt_queries.txt"))
     timed = results if passes < 2 else results[len(queries):]  # the first pass warms caches up
     row = dict(load_s=load_s, rss_start=rss_start, rss_load=rss_load, rss_first=rss_first, rss_all=rss_all,
                rss_trace=rss_trace, ok=summary.localized, n=len(first_pass), t_cm=100 * summary.median_t,
@@ -113,17 +113,11 @@ def main() -> None:
     parser.add_argument("--long-run", type=int, default=0, help="queries against the largest map (RssAnon trace)")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     parser.add_argument("--work", type=Path, help="keep the maps here and reuse them (default: a temporary folder)")
-    parser.add_argument("--malloc-arenas", type=int, default=2,
-                        help="cap glibc's malloc arenas as the vloc command does (0: glibc's default)")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: one map, fresh process
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     prepared = args.data / "prepared" / "7scenes"
     if args.measure:
-        if args.malloc_arenas:
-            from vloc.memory import limit_malloc_arenas
-
-            limit_malloc_arenas(args.malloc_arenas)  # as the vloc command does
         print(json.dumps(measure(args.measure, prepared, args.preset, args.passes, args.long_run)))
         return
 
@@ -148,8 +142,7 @@ def main() -> None:
             manifest = read_manifest(map_dir)
             long_run = args.long_run if size == max(args.sizes) else 0
             out = subprocess.run([sys.executable, __file__, "--measure", str(map_dir), "--preset", args.preset,
-                                  "--passes", str(args.passes), "--long-run", str(long_run), "--data", str(args.data),
-                                  "--malloc-arenas", str(args.malloc_arenas)],
+                                  "--passes", str(args.passes), "--long-run", str(long_run), "--data", str(args.data)],
                                  check=True, capture_output=True, text=True).stdout
             row = json.loads(out.strip().splitlines()[-1])
             row.update(size=size, build=manifest.build_seconds, disk_mb=du_mb(map_dir), points=manifest.counts.points3D,
@@ -163,7 +156,7 @@ def print_table(rows: list[dict], args) -> None:
     import torch
 
     print(f"\n7scenes_seq1000, preset {args.preset}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f}, malloc arenas {args.malloc_arenas or 'glibc default'}; query seconds: median / p90 over {args.passes} passes "
+          f"load average {os.getloadavg()[0]:.2f}; query seconds: median / p90 over {args.passes} passes "
           "(the first pass untimed when there are two or more)")
     head = (f"{'images':>6}{'points':>8}{'index':>6}{'build s (extract/match/tri/write)':>35}{'disk MB':>8}"
             f"{'load s':>7}{'RssAnon MB load/1st/all':>25}{'loc':>7}{'median':>8}  "

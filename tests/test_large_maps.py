@@ -10,7 +10,6 @@ import faiss
 import numpy as np
 import pytest
 
-from vloc.memory import status_mb
 from vloc.evaluation.synthetic import SyntheticScene, project_query, write_synthetic_map
 from vloc.io.arrays import NpyAppender, open_array
 from vloc.localization.layer import Layer
@@ -19,6 +18,7 @@ from vloc.localization.result import Prior
 from vloc.mapping.manifest import FORMAT_VERSION, MANIFEST, Manifest, MapFormatError, read_manifest
 from vloc.mapping.map_dir import load_map
 from vloc.mapping.upgrade import upgrade_map
+from vloc.memory import status_mb
 from vloc.retrieval.index import EXACT_MAX_SIZE, IndexKind, build_index, default_kind, index_params, search
 
 BIG = SyntheticScene(num_images=5000)

@@ -81,7 +81,8 @@ def test_right_prior_uses_nearby_images_and_wrong_prior_recovers(localizer, kitt
     assert_accurate(result, truth)
     assert result.retrieval == "prior"
     centre = truth.inverse().translation
-    assert all(np.linalg.norm(localizer.store.centres[localizer.store.row(n)] - centre) <= 2.0 for n in result.retrieved)
+    store = localizer.store
+    assert all(np.linalg.norm(store.centres[store.row(n)] - centre) <= 2.0 for n in result.retrieved)
     # a prior 1 km away: no map image near it, global retrieval takes over
     far = rigid_from_qt(np.array([1.0, 0, 0, 0]), np.array([1000.0, 0, 0]))
     result = localizer.localize(kitti.images / QUERY, camera, prior=Prior(far, radius=2.0))

@@ -351,9 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "thresholds", None) is not None:
         args.thresholds = _thresholds(args.thresholds)
     configure_logging(args.verbose)
-    from vloc.memory import limit_malloc_arenas
-
-    limit_malloc_arenas()  # the process is ours: keep freed buffers from piling up per thread (vloc.memory)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:

@@ -119,7 +119,8 @@ def write_synthetic_map(out: Path, scene: SyntheticScene, *, overwrite: bool = F
         image_lines.append(f"{i + 1} 1 0 0 0 {-x!r} 0 0 1 {image_name(i)}\n{points2D}\n")
     with tempfile.TemporaryDirectory(prefix="vloc-synthetic-") as text:
         cam = scene.camera
-        Path(text, "cameras.txt").write_text(f"1 PINHOLE {WIDTH} {HEIGHT} " + " ".join(repr(float(p)) for p in cam.params) + "\n")
+        params = " ".join(repr(float(p)) for p in cam.params)
+        Path(text, "cameras.txt").write_text(f"1 PINHOLE {WIDTH} {HEIGHT} {params}\n")
         Path(text, "images.txt").write_text("".join(image_lines))
         Path(text, "points3D.txt").write_text("".join(
             f"{p + 1} {a!r} {b!r} {c!r} 128 128 128 0 {' '.join(t)}\n"

@@ -1,6 +1,7 @@
-"""HDF5 feature files (format-version-1 maps; read by ``vloc map upgrade``): one group per image name with ``keypoints`` ``(N, 2)`` float32 (COLMAP
-pixel convention), ``descriptors`` ``(N, D)`` float16 (unit norm), ``scores`` ``(N,)`` and,
-in a map, ``point3D_ids`` ``(N,)`` int64 (-1 where the keypoint observes no 3D point)."""
+"""HDF5 feature files of format-version-1 maps (read by ``vloc map upgrade``): one group per
+image name with ``keypoints`` ``(N, 2)`` float32 (COLMAP pixel convention), ``descriptors``
+``(N, D)`` float16 (unit norm), ``scores`` ``(N,)`` and, in a map, ``point3D_ids`` ``(N,)`` int64
+(-1 where the keypoint observes no 3D point)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@ that share a global model.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,9 @@ class Layer:
     def prior_radius(self) -> float:
         return self.manifest.prior_radius
 
-    def localize(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str, raw_global,
-                 prior: Prior | None, feats: Features | None = None) -> LocalizationResult:
+    def localize(self, image: np.ndarray | None, camera: pycolmap.Camera, source: str, name: str,
+                 raw_global: np.ndarray | Future, prior: Prior | None,
+                 feats: Features | None = None) -> LocalizationResult:
         """Localize with this layer's features (extracted here unless ``feats`` is given).
 
         ``raw_global`` is the query's ``(D_g,)`` raw global descriptor, or a future of it (it runs
@@ -59,7 +61,7 @@ class Layer:
         res.num_keypoints = len(feats)
         res.timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
-        raw = raw_global.result() if hasattr(raw_global, "result") else raw_global
+        raw = raw_global.result() if isinstance(raw_global, Future) else raw_global
         query = self.retriever.whiten(raw)
         res.timings["global"] = time.perf_counter() - t
         if len(feats) < conf.min_inliers:

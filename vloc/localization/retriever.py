@@ -2,8 +2,8 @@
 near a prior pose (a KD-tree over camera centres, never an ``N x N`` matrix)."""
 from __future__ import annotations
 
-import numpy as np
 import faiss
+import numpy as np
 from scipy.spatial import cKDTree
 
 from vloc.localization.result import Prior
