@@ -26,39 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vloc.evaluation.sevenscenes import map_frames, write_reference
+
 STAGES = ("read", "global", "features", "match", "pose")
-QUERY_FRAMES = set(range(10, 1000, 20))
-CAMERA = "1 PINHOLE 640 480 525 525 320 240\n"
-
-
-def frame_name(i: int) -> str:
-    return f"frame-{i:06d}.color.jpg"
-
-
-def map_frames(size: int) -> list[int]:
-    candidates = [i for i in range(1000) if i not in QUERY_FRAMES]
-    if size > len(candidates):
-        raise ValueError(f"at most {len(candidates)} map frames, not {size}")
-    return [candidates[int(round(k))] for k in np.linspace(0, len(candidates) - 1, size)]
-
-
-def write_reference(seq: Path, frames: list[int], out: Path) -> None:
-    """A COLMAP text model of the frames' ground-truth poses (pose.txt: 4x4 camera-to-world)."""
-    import pycolmap
-
-    from vloc.io.poses import format_pose
-
-    out.mkdir(parents=True)
-    lines = []
-    for image_id, i in enumerate(frames, start=1):
-        world_from_cam = np.loadtxt(seq / f"frame-{i:06d}.pose.txt")
-        u, _, vt = np.linalg.svd(world_from_cam[:3, :3])  # orthonormalise (KinectFusion drift)
-        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(u @ vt), world_from_cam[:3, 3]).inverse()
-        qt = format_pose(frame_name(i), pose).split()[1:]
-        lines.append(f"{image_id} {' '.join(qt)} 1 {frame_name(i)}\n\n")
-    (out / "cameras.txt").write_text(CAMERA)
-    (out / "images.txt").write_text("".join(lines))
-    (out / "points3D.txt").write_text("")
 
 
 def measure(map_dir: Path, prepared: Path, preset: str | None, passes: int, long_run: int) -> dict:

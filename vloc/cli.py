@@ -34,9 +34,27 @@ def cmd_map_build(args: argparse.Namespace) -> int:
             num_retrieved=preset.pairs.num_retrieved if args.retrieval_k is None else args.retrieval_k,
             num_sequential=preset.pairs.num_sequential if args.sequential is None else args.sequential))
     manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
-                         mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite)
+                         mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
+                         cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics)
     print(f"{args.out}: {manifest.summary}")
     return 0
+
+
+def _build_cameras(args: argparse.Namespace):
+    """``--camera "MODEL W H params..."`` (every image) or ``--cameras FILE`` (``name MODEL W H params...``)."""
+    from vloc.io.cameras import camera_from_text, read_queries
+
+    if args.camera and args.cameras:
+        raise ValueError("give --camera (one camera for every image) or --cameras FILE, not both")
+    if args.camera:
+        return camera_from_text(args.camera, "--camera")
+    if args.cameras:
+        listed = read_queries(args.cameras)
+        bare = [q.name for q in listed if q.camera is None]
+        if bare:
+            raise ValueError(f"{args.cameras}: lines without a camera, e.g. {bare[:3]}")
+        return {q.name: q.camera for q in listed}
+    return None
 
 
 def cmd_map_adapt(args: argparse.Namespace) -> int:
@@ -220,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
     b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval")
     b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
+    b.add_argument("--camera", help='intrinsics of every image (SfM): "MODEL WIDTH HEIGHT PARAMS..." '
+                   '(COLMAP model names and parameter order)')
+    b.add_argument("--cameras", type=Path, help="per-image intrinsics (SfM): 'name MODEL WIDTH HEIGHT PARAMS...' "
+                   "lines, the queries.txt format")
+    b.add_argument("--refine-intrinsics", choices=["none", "focal", "all"],
+                   help="what SfM refines (default: nothing of given intrinsics; focal and distortion otherwise)")
     b.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images with a warning "
                    "instead of stopping")
     b.add_argument("--overwrite", action="store_true")

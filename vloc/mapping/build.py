@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import tempfile
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from vloc.config import Preset, fallback_preset
 from vloc.io.cameras import initial_camera
-from vloc.io.images import exif_focal_px, list_images
+from vloc.io.images import ImageReadError, exif_focal_px, image_size, list_images
 from vloc.io.text import data_lines
 from vloc.mapping.database import write_database
 from vloc.mapping.extract import extract_images
@@ -28,6 +29,23 @@ from vloc.retrieval.pairs import select_pairs
 logger = logging.getLogger(__name__)
 
 MAPPERS = ("incremental", "global")
+
+
+class RefineIntrinsics(StrEnum):
+    """Which camera parameters SfM's bundle adjustment refines."""
+
+    NONE = "none"
+    FOCAL = "focal"
+    ALL = "all"  # focal length, principal point and distortion
+
+
+# (focal, principal point, extra params); without given intrinsics vloc refines what COLMAP's
+# incremental and global mappers refine by default.
+REFINE_FLAGS = {RefineIntrinsics.NONE: (False, False, False), RefineIntrinsics.FOCAL: (True, False, False),
+                RefineIntrinsics.ALL: (True, True, True)}
+COLMAP_DEFAULT_REFINE = (True, False, True)
+
+Cameras = pycolmap.Camera | dict[str, pycolmap.Camera]
 RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
 
 
@@ -38,11 +56,16 @@ def read_image_list(path: Path) -> list[str]:
 def build_map(
     images: Path, out: Path, preset: Preset, reference: Path | None = None, image_list: Path | None = None,
     mapper: str = "incremental", skip_bad_images: bool = False, overwrite: bool = False,
+    cameras: Cameras | None = None, refine_intrinsics: RefineIntrinsics | str | None = None,
 ) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
     With ``reference`` (a COLMAP model with posed images), the map holds exactly its images with
-    fixed poses and cameras, and points are triangulated from our matches. Without it, SfM.
+    fixed poses and cameras, and points are triangulated from our matches. Without it, SfM:
+    ``cameras`` gives the intrinsics (one camera for every image, or name -> camera; images with
+    equal calibrations share a camera), else they start from EXIF or a guess;
+    ``refine_intrinsics`` says what bundle adjustment refines (default: nothing of a given
+    calibration; focal length and distortion of a guessed one, as COLMAP does).
     A preset with a fallback layer (``preset.fallback``) also gets that layer, triangulated from
     the map's own poses into ``out/fallback``; the directory appears only when both are complete.
     """
@@ -66,6 +89,10 @@ def build_map(
         raise FileNotFoundError(f"{images}: {len(missing)} map images missing, e.g. {missing[:3]}")
     if len(names) < 2:
         raise ValueError(f"{images}: need at least 2 map images, found {len(names)}")
+    given = _given_cameras(cameras, names, reference)
+    if given is not None:
+        _check_camera_sizes(images, given)
+    refine = _refine_flags(refine_intrinsics, given is not None, reference)
 
     seconds: dict[str, float] = {}  # per stage, recorded in the manifest
     t = time.perf_counter()
@@ -87,14 +114,15 @@ def build_map(
             if ref is not None:
                 rec = _triangulate(ref, names, matches, extracted, preset, db_path, images)
             else:
-                rec = _sfm(names, matches, extracted, preset, db_path, images, Path(work), mapper)
+                rec = _sfm(names, matches, extracted, preset, db_path, images, Path(work), mapper, given, refine)
         t = _lap(seconds, "triangulate" if ref is not None else "sfm", t)
         registered = {im.name for im in rec.images.values() if im.has_pose}
         source = Source(mode="triangulation" if reference else f"sfm-{mapper}",
                         reference=str(reference) if reference else None,
                         images=str(images.resolve()),  # where `vloc map adapt` finds them
                         skipped_images=extracted.skipped,
-                        unregistered_images=sorted(set(extracted.features) - registered))
+                        unregistered_images=sorted(set(extracted.features) - registered),
+                        intrinsics=_intrinsics_note(reference, given, refine))
         manifest = write_map(tmp, rec, extracted.features, extracted.global_desc, whitening, preset.to_dict(), source)
         t = _lap(seconds, "write", t)
         if layer is not None:
@@ -104,6 +132,54 @@ def build_map(
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", out, manifest.summary)
     return manifest
+
+
+def _given_cameras(cameras: Cameras | None, names: list[str],
+                   reference: Path | None) -> dict[str, pycolmap.Camera] | None:
+    """``cameras`` as name -> camera for every map image, or None; refused with a reference model
+    (whose cameras are the map's) and when an image has none."""
+    if cameras is None:
+        return None
+    if reference is not None:
+        raise ValueError(f"{reference}: a reference model brings its own cameras; drop --camera/--cameras")
+    if isinstance(cameras, pycolmap.Camera):
+        return {n: cameras for n in names}
+    missing = [n for n in names if n not in cameras]
+    if missing:
+        raise ValueError(f"--cameras: no camera for {len(missing)} map images, e.g. {missing[:3]}")
+    return {n: cameras[n] for n in names}
+
+
+def _check_camera_sizes(images: Path, given: dict[str, pycolmap.Camera]) -> None:
+    """Each image's size (from its header) must be its camera's; unreadable files are left to extraction."""
+    for name, cam in given.items():
+        try:
+            width, height = image_size(images / name)
+        except ImageReadError:
+            continue
+        if (width, height) != (cam.width, cam.height):
+            raise ValueError(f"{images / name}: the image is {width}x{height} but its camera is "
+                             f"{cam.width}x{cam.height}")
+
+
+def _refine_flags(refine: RefineIntrinsics | str | None, given: bool,
+                  reference: Path | None) -> tuple[bool, bool, bool]:
+    if refine is None:
+        return REFINE_FLAGS[RefineIntrinsics.NONE] if given else COLMAP_DEFAULT_REFINE
+    if reference is not None:
+        raise ValueError(f"{reference}: triangulation keeps the reference cameras fixed; drop --refine-intrinsics")
+    try:
+        return REFINE_FLAGS[RefineIntrinsics(refine)]
+    except ValueError:
+        raise ValueError(f"Unknown --refine-intrinsics {refine!r}; valid: "
+                         f"{', '.join(r.value for r in RefineIntrinsics)}") from None
+
+
+def _intrinsics_note(reference: Path | None, given: dict | None, refine: tuple[bool, bool, bool]) -> str:
+    if reference is not None:
+        return "reference model, fixed"
+    refined = [n for n, on in zip(("focal", "principal point", "distortion"), refine, strict=True) if on]
+    return f"{'given' if given else 'EXIF or guessed'}, refined: {', '.join(refined) or 'none'}"
 
 
 def _lap(seconds: dict[str, float], stage: str, since: float) -> float:
@@ -156,6 +232,24 @@ def _triangulate(ref, names, matches, extracted, preset, db_path, image_dir) -> 
         return pycolmap.triangulate_points(empty, str(db_path), str(image_dir), out)
 
 
+def _given_shared_cameras(names: list[str], given: dict[str, pycolmap.Camera]
+                          ) -> tuple[dict[int, pycolmap.Camera], list[int]]:
+    """The given cameras, one per distinct calibration (sizes checked by :func:`_check_camera_sizes`)."""
+    groups: dict[tuple, int] = {}
+    cameras: dict[int, pycolmap.Camera] = {}
+    camera_of_image = []
+    for name in names:
+        cam = given[name]
+        key = (cam.model.name, cam.width, cam.height, tuple(float(p) for p in cam.params))
+        if key not in groups:
+            groups[key] = len(groups) + 1
+            cameras[groups[key]] = pycolmap.Camera(cam.todict())
+            cameras[groups[key]].has_prior_focal_length = True
+        camera_of_image.append(groups[key])
+    logger.info("%d images share %d given camera(s)", len(names), len(cameras))
+    return cameras, camera_of_image
+
+
 def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolmap.Camera], list[int]]:
     """One SIMPLE_RADIAL camera per group of images with the same size and EXIF focal length
     (COLMAP's automatic camera mode): a shared camera makes focal refinement far more stable.
@@ -183,9 +277,13 @@ def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolm
     return cameras, camera_of_image
 
 
-def _sfm(names, matches, extracted, preset, db_path, image_dir, work: Path, mapper) -> pycolmap.Reconstruction:
+def _sfm(names, matches, extracted, preset, db_path, image_dir, work: Path, mapper, given,
+         refine: tuple[bool, bool, bool]) -> pycolmap.Reconstruction:
     """Verify the matches with pycolmap (C++, multi-threaded), then map."""
-    cameras, camera_of = _shared_cameras(names, extracted, image_dir)
+    if given is not None:
+        cameras, camera_of = _given_shared_cameras(names, given)
+    else:
+        cameras, camera_of = _shared_cameras(names, extracted, image_dir)
     write_database(db_path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
                    {i + 1: extracted.features[n].keypoints for i, n in enumerate(names)},
                    {(i + 1, j + 1): m for (i, j), m in matches.items() if len(m)})
@@ -199,11 +297,17 @@ def _sfm(names, matches, extracted, preset, db_path, image_dir, work: Path, mapp
     pycolmap.verify_matches(str(db_path), str(pairs_path), verify)
     out = work / "sfm"
     out.mkdir()
+    focal, principal, extra = refine
     if mapper == "global":
-        models = pycolmap.global_mapping(str(db_path), str(image_dir), str(out))
+        options = pycolmap.GlobalPipelineOptions()
+        ba = options.mapper.bundle_adjustment
+        ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params = focal, principal, extra
+        models = pycolmap.global_mapping(str(db_path), str(image_dir), str(out), options)
     else:
         options = pycolmap.IncrementalPipelineOptions()
         options.random_seed = RANDOM_SEED
+        options.ba_refine_focal_length, options.ba_refine_principal_point = focal, principal
+        options.ba_refine_extra_params = extra
         for key, value in dataclasses.asdict(preset.mapper).items():
             setattr(options.mapper, key, value)
         models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out), options)

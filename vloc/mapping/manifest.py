@@ -36,6 +36,7 @@ class Source:
     images: str | None = None  # the image folder it was built from (what `vloc map adapt` reads)
     skipped_images: dict[str, str] = field(default_factory=dict)  # name -> why
     unregistered_images: list[str] = field(default_factory=list)
+    intrinsics: str = ""  # where the cameras came from and what SfM refined
 
 
 @dataclass(frozen=True, kw_only=True)
