@@ -79,7 +79,7 @@ def run(gt: pycolmap.Reconstruction, images: Path, image_list: Path | None, labe
     print(f"\n{label}: {len(gt_centres)} images; preset {DEFAULT_PRESET}; intrinsics "
           f"{camera or 'not given'}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"{'mapper':<12}{'registered':>11}{'points3D':>10}{'reproj px':>10}{'time s':>8}"
-          f"{'rel. rot. err deg':>19}{'centre err / step':>19}{'median / p90':>15}{'focal px':>10}")
+          f"{'rel. rot. err deg':>19}{'centre err / step':>19}{'median / p90':>18}{'focal px':>10}")
     cameras = camera_from_text(camera, "--camera") if camera else None
     for mapper in mappers:
         with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +101,7 @@ def run(gt: pycolmap.Reconstruction, images: Path, image_list: Path | None, labe
         focal = np.median([c.mean_focal_length() for c in rec.cameras.values()])
         print(f"{mapper:<12}{rec.num_reg_images():>8}/{len(gt_centres):<2}{rec.num_points3D():>10}"
               f"{rec.compute_mean_reprojection_error():>10.2f}{seconds:>8.1f}{np.median(rel):>19.2f}"
-              f"{np.median(err) / unit:>19.3f}{f'{np.median(err):.4f} / {np.percentile(err, 90):.4f}':>15}"
+              f"{np.median(err) / unit:>19.3f}{f'{np.median(err):.4f} / {np.percentile(err, 90):.4f}':>18}"
               f"{focal:>10.1f}")
 
 
