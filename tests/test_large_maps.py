@@ -208,3 +208,14 @@ def test_npy_appender_round_trip(tmp_path):
     with pytest.raises(ValueError, match=r"rows of shape \(2,\), expected \(3,\)"):
         with NpyAppender(tmp_path / "b.npy", np.float32, (3,)) as b:
             b.append(np.zeros((1, 2)))
+
+
+def test_info_reads_the_manifest_without_torch(small_map):
+    import subprocess
+    import sys
+
+    code = ("import sys; from vloc.cli import main; code = main(['info', sys.argv[1]]); "
+            "print('torch' in sys.modules, 'faiss' in sys.modules); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", code, str(small_map)], capture_output=True, text=True, check=True)
+    assert '"format_version": 2' in out.stdout and '"kind": "flat"' in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "False False"

@@ -32,7 +32,8 @@ class ImageRetriever:
         if prior is None:
             return [("global", global_rows)]
         centre = prior.cam_from_world.inverse().translation
-        near = np.array(sorted(self._tree.query_ball_point(centre, prior.radius)) if self._tree else [], np.int64)
+        found = self._tree.query_ball_point(centre, prior.radius) if self._tree is not None else []
+        near = np.array(sorted(found), np.int64)
         if len(near) == 0:
             return [("global after prior", global_rows)]
         scores = np.asarray(self.store.global_whitened[near]) @ query[0]
