@@ -54,12 +54,13 @@ class SyntheticScene:
     def centre(self, x: float) -> np.ndarray:
         return np.array([x, 0.0, 0.0])
 
-    def _rng(self, stream: int) -> np.random.Generator:
+    def rng(self, stream: int) -> np.random.Generator:
+        """The scene's random stream ``stream`` (0: points, 1: global descriptors, 2: map keypoints)."""
         return np.random.default_rng([self.seed, stream])
 
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """``(P, 3)`` positions and ``(P, D)`` unit descriptors of the scene's points."""
-        rng = self._rng(0)
+        rng = self.rng(0)
         length = self.spacing * (self.num_images - 1) + 8.0
         n = int(length * self.points_per_metre)
         xyz = np.stack([rng.uniform(-4.0, length - 4.0, n), rng.uniform(-1.5, 1.5, n), rng.uniform(3.0, 4.5, n)], 1)
@@ -67,7 +68,7 @@ class SyntheticScene:
 
     def global_descriptor(self, x: np.ndarray | float) -> np.ndarray:
         """``(N, GLOBAL_DIM)`` (or ``(GLOBAL_DIM,)``) unit raw global descriptors at positions ``x``."""
-        rng = self._rng(1)
+        rng = self.rng(1)
         freq = rng.standard_normal(GLOBAL_DIM // 2) / self.global_length_scale
         phase = rng.uniform(0, 2 * np.pi, GLOBAL_DIM // 2)
         arg = np.atleast_1d(x)[:, None] * freq + phase
@@ -96,7 +97,7 @@ def image_name(i: int) -> str:
 def write_synthetic_map(out: Path, scene: SyntheticScene, *, overwrite: bool = False) -> Manifest:
     """Write the map of ``scene`` to ``out`` (atomically, like every map); returns its manifest."""
     xyz, point_desc = scene.points()
-    rng = scene._rng(2)
+    rng = scene.rng(2)
     features: dict[str, Features] = {}
     image_lines, tracks = [], [[] for _ in range(len(xyz))]
     for i in range(scene.num_images):

@@ -119,7 +119,7 @@ def write_map(
     images = sorted((im for im in reconstruction.images.values() if im.has_pose), key=lambda im: im.name)
     if not images:
         raise ValueError("the reconstruction has no registered image; a map needs at least one")
-    writer, keypoints, observations = None, 0, 0
+    writer, keypoints, observations, centres = None, 0, 0, []
     for im in tqdm(images, desc="write map", unit="img", disable=len(images) < 1000):
         feats = features[im.name]
         if len(feats) != im.num_points2D():
@@ -127,7 +127,8 @@ def write_map(
         if writer is None:
             writer = FeatureWriter(directory, feats.descriptors.shape[1])
         ids = point3D_ids_of(im)
-        writer.add(im.name, feats, ids, im.projection_center())
+        centres.append(im.projection_center())
+        writer.add(im.name, feats, ids, centres[-1])
         keypoints, observations = keypoints + len(ids), observations + int((ids >= 0).sum())
     writer.close()
     point_ids = np.array(sorted(reconstruction.points3D), np.int64)
@@ -137,12 +138,11 @@ def write_map(
     index = build_index(whitening(raw), index_kind)
     write_global(directory, raw, whitening, index)
     kind, params = index_params(index)
-    centres = np.stack([im.projection_center() for im in images])
     manifest = Manifest(
         preset=preset, source=source, adaptation=adaptation,
         counts=Counts(images=len(images), points3D=len(point_ids), cameras=reconstruction.num_cameras(),
                       indexed_images=index.ntotal, keypoints=keypoints, observations=observations),
-        index=IndexInfo(kind=kind, dim=index.d, params=params), prior_radius=prior_radius(centres),
+        index=IndexInfo(kind=kind, dim=index.d, params=params), prior_radius=prior_radius(np.stack(centres)),
         summary=f"{len(images)} images, {len(point_ids)} points3D",
         pycolmap_version=pycolmap.__version__, faiss_version=faiss.__version__)
     write_manifest(directory, manifest)
