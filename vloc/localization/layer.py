@@ -39,10 +39,6 @@ class Layer:
         return cls(Path(directory), preset)
 
     @property
-    def name(self) -> str:
-        return self.preset.name
-
-    @property
     def prior_radius(self) -> float:
         return self.manifest.prior_radius
 

@@ -8,6 +8,7 @@ import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pycolmap
@@ -232,20 +233,33 @@ def _triangulate(ref, names, matches, extracted, preset, db_path, image_dir) -> 
         return pycolmap.triangulate_points(empty, str(db_path), str(image_dir), out)
 
 
-def _given_shared_cameras(names: list[str], given: dict[str, pycolmap.Camera]
-                          ) -> tuple[dict[int, pycolmap.Camera], list[int]]:
-    """The given cameras, one per distinct calibration (sizes checked by :func:`_check_camera_sizes`)."""
-    groups: dict[tuple, int] = {}
+def _group_cameras(names: list[str], key_of: Callable[[str], tuple], make: Callable[[str], pycolmap.Camera]
+                   ) -> tuple[dict[int, pycolmap.Camera], list[int]]:
+    """One camera per distinct ``key_of(name)``, made by ``make`` from the first image with that key:
+    camera_id -> camera (ids from 1), and each image's camera id."""
+    ids: dict[tuple, int] = {}
     cameras: dict[int, pycolmap.Camera] = {}
     camera_of_image = []
     for name in names:
-        cam = given[name]
-        key = (cam.model.name, cam.width, cam.height, tuple(float(p) for p in cam.params))
-        if key not in groups:
-            groups[key] = len(groups) + 1
-            cameras[groups[key]] = pycolmap.Camera(cam.todict())
-            cameras[groups[key]].has_prior_focal_length = True
-        camera_of_image.append(groups[key])
+        key = key_of(name)
+        if key not in ids:
+            ids[key] = len(ids) + 1
+            cameras[ids[key]] = make(name)
+        camera_of_image.append(ids[key])
+    return cameras, camera_of_image
+
+
+def _given_shared_cameras(names: list[str], given: dict[str, pycolmap.Camera]
+                          ) -> tuple[dict[int, pycolmap.Camera], list[int]]:
+    """The given cameras, one per distinct calibration (sizes checked by :func:`_check_camera_sizes`)."""
+    def make(name: str) -> pycolmap.Camera:
+        camera = pycolmap.Camera(given[name].todict())
+        camera.has_prior_focal_length = True
+        return camera
+
+    cameras, camera_of_image = _group_cameras(
+        names, lambda n: (given[n].model.name, given[n].width, given[n].height, tuple(map(float, given[n].params))),
+        make)
     logger.info("%d images share %d given camera(s)", len(names), len(cameras))
     return cameras, camera_of_image
 
@@ -260,19 +274,20 @@ def _shared_cameras(names, extracted, image_dir: Path) -> tuple[dict[int, pycolm
     "prior" camera while registering images: with the prior trusted, lund broke into 2-image
     fragments for most seeds; untrusted, all 29 images registered for every seed tried.
     """
-    groups: dict[tuple, int] = {}
-    cameras: dict[int, pycolmap.Camera] = {}
-    camera_of_image = []
-    for name in names:
-        width, height = extracted.features[name].image_size
-        focal = exif_focal_px(image_dir / name)
-        key = (width, height, None if focal is None else round(focal, 1))
-        if key not in groups:
-            groups[key] = len(groups) + 1
-            cameras[groups[key]] = initial_camera(width, height, focal)
-            logger.info("camera %d: %dx%d, initial focal %.1f px (%s)", groups[key], width, height,
-                        cameras[groups[key]].params[0], "EXIF" if focal else "no EXIF: 1.2 * max side")
-        camera_of_image.append(groups[key])
+    focals = {n: exif_focal_px(image_dir / n) for n in names}
+
+    def key_of(name: str) -> tuple:
+        focal = focals[name]
+        return (*extracted.features[name].image_size, None if focal is None else round(focal, 1))
+
+    def make(name: str) -> pycolmap.Camera:
+        (width, height), focal = extracted.features[name].image_size, focals[name]
+        camera = initial_camera(width, height, focal)
+        logger.info("camera: %dx%d, initial focal %.1f px (%s)", width, height, camera.params[0],
+                    "EXIF" if focal else "no EXIF: 1.2 * max side")
+        return camera
+
+    cameras, camera_of_image = _group_cameras(names, key_of, make)
     logger.info("%d images share %d camera(s)", len(names), len(cameras))
     return cameras, camera_of_image
 

@@ -20,7 +20,7 @@ MAP/
 Every array is memory-mapped on open (:class:`MapStore`): opening costs the same at 100 or 10^6
 images, and only the rows a query touches are read; they stay in the page cache, which the kernel
 reclaims, not in the process's anonymous memory. Measured against per-image HDF5 groups in
-docs/benchmarks.md ("Large maps"). Only the FAISS index is read into memory.
+docs/benchmarks.md ("Map format"). Only the FAISS index is read into memory.
 """
 from __future__ import annotations
 
@@ -175,18 +175,22 @@ class MapStore:
             raise KeyError(f"{self.directory}: no map image {name!r}")
         return r
 
+    def _span(self, row: int) -> slice:
+        """Image ``row``'s rows in the ``features/`` arrays."""
+        return slice(int(self.offsets[row]), int(self.offsets[row + 1]))
+
     def features(self, row: int) -> Features:
         """All local features of image ``row`` (float32 descriptors), read from disk."""
-        s = slice(int(self.offsets[row]), int(self.offsets[row + 1]))
+        s = self._span(row)
         return Features(np.array(self.keypoints[s]), self.descriptors[s].astype(np.float32),
                         np.array(self.scores[s]), (int(self.sizes[row, 0]), int(self.sizes[row, 1])))
 
     def image_point3D_ids(self, row: int) -> np.ndarray:
         """``(N,)`` point3D id per keypoint of image ``row`` (-1: none)."""
-        return np.array(self.point3D_ids[int(self.offsets[row]):int(self.offsets[row + 1])])
+        return np.array(self.point3D_ids[self._span(row)])
 
     def observations(self, row: int) -> Observations:
-        s = slice(int(self.offsets[row]), int(self.offsets[row + 1]))
+        s = self._span(row)
         ids = np.asarray(self.point3D_ids[s])
         mask = ids >= 0
         return Observations(self.descriptors[s][mask].astype(np.float32), ids[mask])
