@@ -35,7 +35,8 @@ def cmd_map_build(args: argparse.Namespace) -> int:
             num_sequential=preset.pairs.num_sequential if args.sequential is None else args.sequential))
     manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
-                         cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics)
+                         cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
+                         work=args.work, workers=args.workers, ray=args.ray)
     print(f"{args.out}: {manifest.summary}")
     return 0
 
@@ -222,6 +223,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_work_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", type=Path, help="directory of the build's stages, kept after success "
+                        "(default: OUT.partial, removed after success); rerun the same command to resume")
+    parser.add_argument("--workers", type=int, default=1, help="local processes for extraction and matching "
+                        "(default: 1, in this process)")
+    parser.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                        help="run extraction and matching as Ray tasks: on the cluster at ADDRESS, or on a local "
+                        "instance (with --workers CPUs when given); needs pip install 'vloc[ray]'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vloc", description="Visual localization against prebuilt maps.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (also pycolmap's)")
@@ -246,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what SfM refines (default: nothing of given intrinsics; focal and distortion otherwise)")
     b.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images with a warning "
                    "instead of stopping")
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--overwrite", action="store_true", help="replace OUT, and recompute work stages written "
+                   "under another configuration (without it they are refused)")
+    _add_work_options(b)
     b.set_defaults(func=cmd_map_build)
     ad = mp.add_parser("adapt", help="fine-tune DELG heads on the map's own images (labels: covisibility "
                        "clusters), then rebuild its global descriptors and index with them")

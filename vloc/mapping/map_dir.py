@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -69,12 +68,21 @@ __all__ = ["FALLBACK_DIR", "MANIFEST", "MODEL_DIR", "MapData", "MapFormatError",
 
 @contextmanager
 def atomic_map_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``out``; rename it to ``out`` only on success."""
+    """Yield a temporary directory beside ``out``; rename it to ``out`` only on success.
+
+    Temporary directories left by a killed process (``.NAME.writing-PID`` of a PID that is gone)
+    are removed first."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    for stale in out.parent.glob(f".{out.name}.writing-*"):
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
     try:
         yield tmp
         if out.exists():
@@ -87,6 +95,16 @@ def atomic_map_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def point3D_ids_of(image: pycolmap.Image) -> np.ndarray:

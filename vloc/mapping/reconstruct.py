@@ -1,0 +1,166 @@
+"""The verification and reconstruction stages.
+
+```
+WORK/database/stage.json    configuration (the matches', verification's, the cameras')
+WORK/database/database.db   COLMAP database: cameras, images, keypoints, raw matches and the
+                            verified two-view geometries (known poses: vloc's epipolar check;
+                            SfM: pycolmap.verify_matches, seeded)
+WORK/model/stage.json       configuration (the database's, the mapper's)
+WORK/model/reconstruction/  the COLMAP model (binary): triangulated, or SfM's largest model
+```
+Both stages write into a temporary name and rename it complete; a rerun after a kill during
+either one runs that stage again from its inputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from vloc.config import MapperConf, VerifyConf
+from vloc.mapping.database import write_database
+from vloc.mapping.extract import LruFeatures, read_features
+from vloc.mapping.match import iter_matches, read_pairs
+from vloc.mapping.stages import Stage, digest
+from vloc.matching.verify import num_inliers, verify_known_poses
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
+MAPPERS = ("incremental", "global")
+DATABASE, RECONSTRUCTION = "database.db", "reconstruction"
+
+
+def _keypoints(extract_dir: Path, ids: dict[str, int], extracted: set[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """Each image's keypoints; none for the images that were not extracted (skipped or not listed)."""
+    for name, image_id in tqdm(ids.items(), desc="database", unit="img", disable=len(ids) < 1000):
+        yield image_id, read_features(extract_dir, name).keypoints if name in extracted else np.zeros((0, 2))
+
+
+def triangulation_database(stage: Stage, reference: pycolmap.Reconstruction, extract_dir: Path, pairs_dir: Path,
+                           matches_dir: Path, verify: VerifyConf) -> None:
+    """Database of ``reference``'s cameras and images, every pair checked against the known poses
+    (images of the reference that were not extracted get no keypoints)."""
+    names, _ = read_pairs(pairs_dir)
+    by_name = {im.name: im for im in reference.images.values()}
+    features = LruFeatures(lambda name: read_features(extract_dir, name))
+    kept = [0, 0]
+
+    def verified():
+        for i, j, m in tqdm(iter_matches(matches_dir, pairs_dir), desc="verify", unit="pair"):
+            a, b = by_name[names[i]], by_name[names[j]]
+            geometry = verify_known_poses(
+                features(a.name).keypoints, features(b.name).keypoints, m, reference.cameras[a.camera_id],
+                reference.cameras[b.camera_id], a.cam_from_world(), b.cam_from_world(), verify)
+            good = num_inliers(geometry) >= verify.min_inliers
+            kept[0], kept[1] = kept[0] + good, kept[1] + 1
+            yield a.image_id, b.image_id, m, geometry if good else None
+
+    _write(stage, lambda path: write_database(
+        path, dict(reference.cameras.items()), {im.image_id: (n, im.camera_id) for n, im in by_name.items()},
+        _keypoints(extract_dir, {n: im.image_id for n, im in by_name.items()}, set(names)), verified()))
+    logger.info("%d of %d pairs verified against the known poses", kept[0], kept[1])
+
+
+def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: list[int], extract_dir: Path,
+                 pairs_dir: Path, matches_dir: Path, verify: VerifyConf) -> None:
+    """Database of the images (ids 1..N in images.txt order) with ``cameras``; pycolmap verifies."""
+    names, _ = read_pairs(pairs_dir)
+    pairs_file = stage.directory / "verify_pairs.txt"
+
+    def build(path: Path) -> None:
+        with open(pairs_file, "w") as listed:
+            def raw():
+                for i, j, m in tqdm(iter_matches(matches_dir, pairs_dir), desc="database", unit="pair"):
+                    if len(m):
+                        listed.write(f"{names[i]} {names[j]}\n")
+                        yield i + 1, j + 1, m, None
+
+            write_database(path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
+                           _keypoints(extract_dir, {n: i + 1 for i, n in enumerate(names)}, set(names)), raw())
+        options = pycolmap.TwoViewGeometryOptions()
+        options.ransac.max_error = verify.max_error_px
+        options.min_num_inliers = verify.min_inliers
+        options.compute_relative_pose = True
+        options.ransac.random_seed = RANDOM_SEED
+        pycolmap.verify_matches(str(path), str(pairs_file), options)
+
+    _write(stage, build)
+
+
+def _write(stage: Stage, build) -> None:
+    final = stage.directory / DATABASE
+    tmp = stage.directory / f"{DATABASE}.tmp"
+    for path in (final, tmp):
+        path.unlink(missing_ok=True)
+    build(tmp)
+    tmp.rename(final)
+
+
+def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str], database_dir: Path,
+                image_dir: Path) -> pycolmap.Reconstruction:
+    """``reference``'s poses and cameras (images not in ``keep`` deregistered), points from the database."""
+    empty = pycolmap.Reconstruction(reference)
+    for im in list(empty.images.values()):
+        if im.name not in keep and im.has_pose:
+            empty.deregister_frame(im.frame_id)  # a skipped bad image: keep the others fixed
+    empty.delete_all_points2D_and_points3D()
+    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+        rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out)
+    _save(stage, rec)
+    return rec
+
+
+def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: str, mapper_conf: MapperConf,
+        refine: tuple[bool, bool, bool], num_images: int) -> pycolmap.Reconstruction:
+    """Incremental or global SfM on the verified database; keeps the largest model."""
+    focal, principal, extra = refine
+    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+        if mapper == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            ba = options.mapper.bundle_adjustment
+            ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params = focal, principal, extra
+            models = pycolmap.global_mapping(str(database_dir / DATABASE), str(image_dir), out, options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.random_seed = RANDOM_SEED
+            options.ba_refine_focal_length, options.ba_refine_principal_point = focal, principal
+            options.ba_refine_extra_params = extra
+            for key, value in dataclasses.asdict(mapper_conf).items():
+                setattr(options.mapper, key, value)
+            models = pycolmap.incremental_mapping(str(database_dir / DATABASE), str(image_dir), out, options)
+    if not models:
+        raise RuntimeError(f"SfM registered no images out of {num_images}: too little overlap or texture; "
+                           "try --retrieval-k, --sequential or more images")
+    sizes = {k: m.num_reg_images() for k, m in models.items()}
+    best = max(sizes, key=sizes.get)
+    logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)
+    _save(stage, models[best])
+    return models[best]
+
+
+def _save(stage: Stage, rec: pycolmap.Reconstruction) -> None:
+    final = stage.directory / RECONSTRUCTION
+    tmp = stage.directory / f"{RECONSTRUCTION}.tmp"
+    for path in (final, tmp):
+        if path.exists():
+            shutil.rmtree(path)
+    tmp.mkdir()
+    rec.write_binary(str(tmp))
+    tmp.rename(final)
+
+
+def reference_key(reference: pycolmap.Reconstruction) -> str:
+    """What a stage records of a reference model: its cameras and posed images (not its points)."""
+    cams = {int(k): [c.model.name, c.width, c.height, [round(float(p), 9) for p in c.params]]
+            for k, c in reference.cameras.items()}
+    ims = sorted((im.name, im.camera_id, [round(float(v), 9) for v in im.cam_from_world().matrix().ravel()])
+                 for im in reference.images.values() if im.has_pose)
+    return digest({"cameras": cams, "images": ims})
