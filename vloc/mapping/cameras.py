@@ -111,7 +111,8 @@ def given_shared_cameras(names: list[str], given: dict[str, pycolmap.Camera]
     return cameras, camera_of_image
 
 
-def shared_cameras(names: list[str], image_sizes: dict[str, tuple[int, int]], image_dir: Path) -> tuple[dict[int, pycolmap.Camera], list[int]]:
+def shared_cameras(names: list[str], image_sizes: dict[str, tuple[int, int]], image_dir: Path
+                   ) -> tuple[dict[int, pycolmap.Camera], list[int]]:
     """One SIMPLE_RADIAL camera per group of images with the same size and EXIF focal length
     (COLMAP's automatic camera mode): a shared camera makes focal refinement far more stable.
 

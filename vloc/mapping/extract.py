@@ -83,8 +83,9 @@ def extract_chunk(task: ExtractChunk) -> list[tuple[str, str | None]]:
         feats = extractor(image)
         with atomic_path(feature_path(task.out, name)) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, keypoints=feats.keypoints.astype(np.float32), descriptors=feats.descriptors.astype(np.float16),
-                         scores=feats.scores.astype(np.float32), image_size=np.asarray(feats.image_size, np.int64),
+                np.savez(f, keypoints=feats.keypoints.astype(np.float32),
+                         descriptors=feats.descriptors.astype(np.float16), scores=feats.scores.astype(np.float32),
+                         image_size=np.asarray(feats.image_size, np.int64),
                          global_desc=np.asarray(global_model(image), np.float32))
         skipped_path(task.out, name).unlink(missing_ok=True)
         done.append((name, None))

@@ -53,7 +53,8 @@ def read_pairs(stage_dir: Path) -> tuple[list[str], list[tuple[int, int]]]:
     """The pairs stage's images and pairs (as indices into the images)."""
     names = (Path(stage_dir) / "images.txt").read_text().splitlines()
     index = {n: i for i, n in enumerate(names)}
-    pairs = [tuple(index[n] for n in line.split(" ")) for line in (Path(stage_dir) / "pairs.txt").read_text().splitlines()]
+    lines = (Path(stage_dir) / "pairs.txt").read_text().splitlines()
+    pairs = [tuple(index[n] for n in line.split(" ")) for line in lines]
     return names, pairs
 
 
