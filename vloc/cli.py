@@ -58,6 +58,19 @@ def _build_cameras(args: argparse.Namespace):
     return None
 
 
+def cmd_map_extend(args: argparse.Namespace) -> int:
+    from vloc.mapping.extend import extend_map
+
+    result = extend_map(args.map, args.images, image_list=args.image_list, reference=args.reference, work=args.work,
+                        workers=args.workers, ray=args.ray, skip_bad_images=args.skip_bad_images)
+    print(f"{args.map}: added {len(result.registered)} images; now {result.manifest.summary}")
+    for name in result.unregistered:
+        print(f"not registered: {name}")
+    for name, reason in result.skipped.items():
+        print(f"skipped: {name}: {reason}")
+    return 0
+
+
 def cmd_map_adapt(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -224,8 +237,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_work_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--work", type=Path, help="directory of the build's stages, kept after success "
-                        "(default: OUT.partial, removed after success); rerun the same command to resume")
+    parser.add_argument("--work", type=Path, help="directory of the stages, kept after success "
+                        "(default: OUT.partial or MAP.extend.partial, removed after success); rerun the same "
+                        "command to resume")
     parser.add_argument("--workers", type=int, default=1, help="local processes for extraction and matching "
                         "(default: 1, in this process)")
     parser.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
@@ -261,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "under another configuration (without it they are refused)")
     _add_work_options(b)
     b.set_defaults(func=cmd_map_build)
+    ex = mp.add_parser("extend", help="add images to a map: register them (with --reference: at their given poses), "
+                       "triangulate, update features, global descriptors and index; atomic")
+    ex.add_argument("map", type=Path)
+    ex.add_argument("--images", type=Path, required=True)
+    ex.add_argument("--image-list", type=Path, help="file with the names to add (default: every image under "
+                    "--images that the map does not hold)")
+    ex.add_argument("--reference", type=Path, help="COLMAP model with the new images' poses and cameras (kept fixed)")
+    ex.add_argument("--skip-bad-images", action="store_true")
+    _add_work_options(ex)
+    ex.set_defaults(func=cmd_map_extend)
     ad = mp.add_parser("adapt", help="fine-tune DELG heads on the map's own images (labels: covisibility "
                        "clusters), then rebuild its global descriptors and index with them")
     ad.add_argument("map", type=Path)

@@ -152,6 +152,20 @@ class Preset:
     def global_file(self) -> str:
         return f"global-{self.global_desc.name}.npz"
 
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Preset":
+        """The inverse of :meth:`to_dict` (a map's recorded preset); unknown fields are refused."""
+        stages = {}
+        for f in dataclasses.fields(Preset):
+            if f.name == "name" or f.name not in d:
+                continue
+            cls = type(f.default_factory())
+            unknown = sorted(set(d[f.name]) - {g.name for g in dataclasses.fields(cls)})
+            if unknown:
+                raise ValueError(f"preset {d.get('name')!r}: {f.name} has fields this vloc does not know: {unknown}")
+            stages[f.name] = cls(**d[f.name])
+        return Preset(name=d["name"], **stages)
+
     def with_overrides(self, **stages: Any) -> "Preset":
         return dataclasses.replace(self, **stages)
 

@@ -47,7 +47,7 @@ from vloc.mapping.reconstruct import (
     triangulate,
     triangulation_database,
 )
-from vloc.mapping.stages import Stage, digest
+from vloc.mapping.stages import Stage, digest, lap
 
 logger = logging.getLogger(__name__)
 
@@ -161,21 +161,21 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
     names = [n for n in plan.names if n not in skipped]
     if len(names) < 2:
         raise ValueError(f"{plan.images}: fewer than 2 readable map images ({len(skipped)} skipped)")
-    t = _lap(seconds, "extract", t)
+    t = lap(seconds, "extract", t)
 
     pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(preset.pairs),
                                        "pca_dim": preset.global_desc.pca_dim, "images": digest(names)}, overwrite)
     if not pairs.done:
         pairs_stage(pairs, extract.directory, names, preset.pairs, preset.global_desc.pca_dim)
         pairs.complete()
-    t = _lap(seconds, "pairs", t)
+    t = lap(seconds, "pairs", t)
 
     matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher),
                                            "chunk": matching.CHUNK}, overwrite)
     if not matches.done:
         match_stage(matches, pairs.directory, extract.directory, preset.matcher, executor)
         matches.complete()
-    t = _lap(seconds, "match", t)
+    t = lap(seconds, "match", t)
 
     ref = pycolmap.Reconstruction(str(plan.reference)) if plan.reference is not None else None
     if ref is not None:
@@ -195,7 +195,7 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
             sfm_database(database, cameras, camera_of, extract.directory, pairs.directory, matches.directory,
                          preset.verify)
             database.complete()
-    t = _lap(seconds, "verify", t)
+    t = lap(seconds, "verify", t)
 
     mode = "triangulation" if ref is not None else f"sfm-{plan.mapper}"
     model = Stage.open(work, "model", {"database": database.key, "mode": mode, "refine": list(plan.refine),
@@ -209,7 +209,7 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         else:
             rec = sfm(model, database.directory, plan.images, plan.mapper, preset.mapper, plan.refine, len(names))
         model.complete()
-    t = _lap(seconds, "triangulate" if ref is not None else "sfm", t)
+    t = lap(seconds, "triangulate" if ref is not None else "sfm", t)
 
     registered = sorted(im.name for im in rec.images.values() if im.has_pose)
     source = Source(mode=mode, reference=str(plan.reference) if plan.reference else None,
@@ -221,10 +221,10 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         manifest = write_map(tmp, rec, ExtractedFeatures(extract.directory, names),
                              {n: read_global(extract.directory, n) for n in registered},
                              read_whitening(pairs.directory), preset.to_dict(), source)
-        t = _lap(seconds, "write", t)
+        t = lap(seconds, "write", t)
         if layer is not None:
             _build_fallback_layer(plan, layer, model.directory / RECONSTRUCTION, tmp, executor)
-            _lap(seconds, "fallback layer", t)
+            lap(seconds, "fallback layer", t)
         manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()})
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", plan.out, manifest.summary)
@@ -237,12 +237,6 @@ def _sfm_cameras(plan: _Plan, extract_dir: Path, names: list[str]) -> tuple[dict
     sizes = {n: read_image_size(extract_dir, n) for n in names}
     return shared_cameras(names, sizes, plan.images)
 
-
-def _lap(seconds: dict[str, float], stage: str, since: float) -> float:
-    now = time.perf_counter()
-    seconds[stage] = now - since
-    logger.info("%s: %.1f s", stage, seconds[stage])
-    return now
 
 
 def _build_fallback_layer(plan: _Plan, layer: Preset, model: Path, map_dir: Path, executor: Executor) -> None:

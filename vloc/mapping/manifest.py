@@ -68,6 +68,7 @@ class Manifest:
     summary: str = ""
     adaptation: dict[str, Any] | None = None  # set by `vloc map adapt`
     build_seconds: dict[str, float] = field(default_factory=dict)  # per build stage, when built by `vloc map build`
+    extensions: list[dict[str, Any]] = field(default_factory=list)  # one entry per `vloc map extend`
     format_version: int = FORMAT_VERSION
     vloc_version: str = __version__
     pycolmap_version: str = ""

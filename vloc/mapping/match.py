@@ -42,6 +42,11 @@ def pairs_stage(stage: Stage, extract_dir: Path, names: list[str], conf: PairsCo
     whitening = Whitening.learn(raw, pca_dim)
     pairs = select_pairs(whitening(raw), conf.num_retrieved, conf.num_sequential)
     logger.info("%d images, %d pairs", len(names), len(pairs))
+    write_pairs(stage, names, pairs, whitening)
+
+
+def write_pairs(stage: Stage, names: list[str], pairs: list[tuple[int, int]], whitening: Whitening) -> None:
+    """The pairs stage's files: ``pairs`` ``(i, j)``, ``i < j``, index ``names``."""
     with atomic_path(stage.directory / "whitening.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, mean=whitening.mean, projection=whitening.projection)

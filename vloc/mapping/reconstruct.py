@@ -70,9 +70,11 @@ def triangulation_database(stage: Stage, reference: pycolmap.Reconstruction, ext
 
 
 def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: list[int], extract_dir: Path,
-                 pairs_dir: Path, matches_dir: Path, verify: VerifyConf) -> None:
-    """Database of the images (ids 1..N in images.txt order) with ``cameras``; pycolmap verifies."""
+                 pairs_dir: Path, matches_dir: Path, verify: VerifyConf, image_ids: list[int] | None = None) -> None:
+    """Database of the images with ``cameras`` (``camera_of``: each image's camera id, in images.txt
+    order; ``image_ids``: their ids, default 1..N); pycolmap verifies the matches."""
     names, _ = read_pairs(pairs_dir)
+    ids = image_ids if image_ids is not None else list(range(1, len(names) + 1))
     pairs_file = stage.directory / "verify_pairs.txt"
 
     def build(path: Path) -> None:
@@ -81,10 +83,10 @@ def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: l
                 for i, j, m in tqdm(iter_matches(matches_dir, pairs_dir), desc="database", unit="pair"):
                     if len(m):
                         listed.write(f"{names[i]} {names[j]}\n")
-                        yield i + 1, j + 1, m, None
+                        yield ids[i], ids[j], m, None
 
-            write_database(path, cameras, {i + 1: (n, camera_of[i]) for i, n in enumerate(names)},
-                           _keypoints(extract_dir, {n: i + 1 for i, n in enumerate(names)}, set(names)), raw())
+            write_database(path, cameras, {ids[i]: (n, camera_of[i]) for i, n in enumerate(names)},
+                           _keypoints(extract_dir, {n: ids[i] for i, n in enumerate(names)}, set(names)), raw())
         options = pycolmap.TwoViewGeometryOptions()
         options.ransac.max_error = verify.max_error_px
         options.min_num_inliers = verify.min_inliers
@@ -114,7 +116,7 @@ def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str]
     empty.delete_all_points2D_and_points3D()
     with tempfile.TemporaryDirectory(dir=stage.directory) as out:
         rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out)
-    _save(stage, rec)
+    save_reconstruction(stage, rec)
     return rec
 
 
@@ -142,11 +144,11 @@ def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: str, mapper_c
     sizes = {k: m.num_reg_images() for k, m in models.items()}
     best = max(sizes, key=sizes.get)
     logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)
-    _save(stage, models[best])
+    save_reconstruction(stage, models[best])
     return models[best]
 
 
-def _save(stage: Stage, rec: pycolmap.Reconstruction) -> None:
+def save_reconstruction(stage: Stage, rec: pycolmap.Reconstruction) -> None:
     final = stage.directory / RECONSTRUCTION
     tmp = stage.directory / f"{RECONSTRUCTION}.tmp"
     for path in (final, tmp):

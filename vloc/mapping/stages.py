@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,3 +93,11 @@ class Stage:
     def _write(self, complete: bool) -> None:
         write_text_atomic(self.directory / STAGE_FILE,
                           json.dumps({"stage": self.name, "config": self.config, "complete": complete}, indent=1))
+
+
+def lap(seconds: dict[str, float], stage: str, since: float) -> float:
+    """Record (and log) the seconds since ``since`` as ``stage``'s; returns now."""
+    now = time.perf_counter()
+    seconds[stage] = now - since
+    logger.info("%s: %.1f s", stage, seconds[stage])
+    return now
