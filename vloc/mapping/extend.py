@@ -9,7 +9,9 @@ index (each new image with its ``pairs.num_retrieved`` best map images) and amon
   points are kept (``triangulate_points`` without clearing) and tracks extended;
 - without: pycolmap's incremental mapper continues the map's model (``input_path``): it
   registers the new images by 2D-3D matches, triangulates and runs its bundle adjustments with
-  the map's existing frames fixed, so the map's poses do not move.
+  the map's existing frames fixed, so the map's poses do not move. New images of a size the map
+  has use its camera, which stays fixed; another size gets a camera from EXIF or a guess, and
+  then bundle adjustment refines focal lengths and distortion (the map's cameras too).
 
 The map images' features enter the work directory from the map (no image of the map is read;
 its images need not be on disk). The extended map is written beside the map and renamed over it
@@ -273,6 +275,11 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
     options = pycolmap.IncrementalPipelineOptions()
     options.random_seed = RANDOM_SEED
     options.fix_existing_frames = True
+    if len(cameras) == len(model.cameras):  # the new images use the map's cameras: keep them as they are
+        options.ba_refine_focal_length = options.ba_refine_principal_point = options.ba_refine_extra_params = False
+    else:
+        logger.warning("%d new camera(s) guessed for images of another size: bundle adjustment refines focal "
+                       "lengths and distortion, the map's cameras too", len(cameras) - len(model.cameras))
     for key, value in dataclasses.asdict(preset.mapper).items():
         setattr(options.mapper, key, value)
     with tempfile.TemporaryDirectory(dir=stage.directory) as out:
