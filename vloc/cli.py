@@ -62,7 +62,8 @@ def cmd_map_extend(args: argparse.Namespace) -> int:
     from vloc.mapping.extend import extend_map
 
     result = extend_map(args.map, args.images, image_list=args.image_list, reference=args.reference, work=args.work,
-                        workers=args.workers, ray=args.ray, skip_bad_images=args.skip_bad_images)
+                        workers=args.workers, ray=args.ray, skip_bad_images=args.skip_bad_images,
+                        overwrite=args.overwrite)
     print(f"{args.map}: added {len(result.registered)} images; now {result.manifest.summary}")
     for name in result.unregistered:
         print(f"not registered: {name}")
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--images that the map does not hold)")
     ex.add_argument("--reference", type=Path, help="COLMAP model with the new images' poses and cameras (kept fixed)")
     ex.add_argument("--skip-bad-images", action="store_true")
+    ex.add_argument("--overwrite", action="store_true", help="recompute work stages written under another "
+                    "configuration (without it they are refused)")
     _add_work_options(ex)
     ex.set_defaults(func=cmd_map_extend)
     ad = mp.add_parser("adapt", help="fine-tune DELG heads on the map's own images (labels: covisibility "

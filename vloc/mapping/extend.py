@@ -74,9 +74,10 @@ def default_extend_work_dir(map_dir: Path) -> Path:
 
 def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, reference: Path | None = None,
                work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
-               skip_bad_images: bool = False) -> ExtendResult:
+               skip_bad_images: bool = False, overwrite: bool = False) -> ExtendResult:
     """Add the images under ``images`` (those of ``image_list``, or of ``reference``, or all
-    that the map does not hold yet) to the map at ``map_dir``; see the module docstring."""
+    that the map does not hold yet) to the map at ``map_dir``; see the module docstring.
+    ``overwrite``: recompute work stages written under another configuration (else refused)."""
     map_dir, images = Path(map_dir), Path(images)
     manifest = read_manifest(map_dir)
     if (map_dir / FALLBACK_DIR).exists():
@@ -100,7 +101,7 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
     try:
         extract = Stage.open(work, "extract", {"features": asdict(preset.features),
                                                "global_desc": asdict(preset.global_desc),
-                                               "images": str(images.resolve())})
+                                               "images": str(images.resolve())}, overwrite)
         skipped = extract_stage(extract, images, names, preset.features, preset.global_desc, skip_bad_images,
                                 executor)
         extract.complete()
@@ -111,12 +112,12 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
         t = lap(seconds, "extract", t)
         map_key = digest({"created": manifest.created, "counts": asdict(manifest.counts)})
         pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(preset.pairs), "map": map_key,
-                                           "images": digest(new)})
+                                           "images": digest(new)}, overwrite)
         if not pairs.done:
             _pairs(pairs, extract.directory, store, map_names, new, preset)
             pairs.complete()
         matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher),
-                                               "chunk": matching.CHUNK})
+                                               "chunk": matching.CHUNK}, overwrite)
         if not matches.done:
             match_stage(matches, pairs.directory, extract.directory, preset.matcher, executor)
             matches.complete()
@@ -128,9 +129,10 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
     ids = {im.name: im.image_id for im in model.images.values()}
     if reference is not None:
         rec = _extend_known_poses(work, model, pycolmap.Reconstruction(str(reference)), new, extract, pairs, matches,
-                                  preset, images)
+                                  preset, images, overwrite)
     else:
-        rec = _extend_sfm(work, map_dir, model, ids, map_names, new, extract, pairs, matches, preset, images)
+        rec = _extend_sfm(work, map_dir, model, ids, map_names, new, extract, pairs, matches, preset, images,
+                          overwrite)
     t = lap(seconds, "register", t)
 
     registered = sorted(im.name for im in rec.images.values() if im.has_pose)
@@ -205,7 +207,7 @@ def _pairs(stage: Stage, extract_dir: Path, store: MapStore, map_names: list[str
 
 def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: pycolmap.Reconstruction,
                         new: list[str], extract: Stage, pairs: Stage, matches: Stage, preset: Preset,
-                        images: Path) -> pycolmap.Reconstruction:
+                        images: Path, overwrite: bool) -> pycolmap.Reconstruction:
     """The map's model with the new images at their reference poses; points triangulated from the
     new matches, the map's points kept."""
     combined = pycolmap.Reconstruction(model)
@@ -229,12 +231,12 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
             src.cam_from_world())
         next_image += 1
     database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
-                                             "reference": reference_key(combined)})
+                                             "reference": reference_key(combined)}, overwrite)
     if not database.done:
         triangulation_database(database, combined, extract.directory, pairs.directory, matches.directory,
                                preset.verify)
         database.complete()
-    stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-triangulation"})
+    stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-triangulation"}, overwrite)
     if stage.done:
         return pycolmap.Reconstruction(str(stage.directory / RECONSTRUCTION))
     with tempfile.TemporaryDirectory(dir=stage.directory) as out:
@@ -247,7 +249,7 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
 
 def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: dict[str, int],
                 map_names: list[str], new: list[str], extract: Stage, pairs: Stage, matches: Stage, preset: Preset,
-                images: Path) -> pycolmap.Reconstruction:
+                images: Path, overwrite: bool) -> pycolmap.Reconstruction:
     """Register the new images into the map's model with the incremental mapper, map frames fixed."""
     cameras = {k: pycolmap.Camera(c.todict()) for k, c in model.cameras.items()}
     by_size = {(c.width, c.height): k for k, c in sorted(cameras.items())}
@@ -263,13 +265,13 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
     image_ids = [ids[n] for n in map_names] + list(range(next_image, next_image + len(new)))
     database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
                                              "cameras": digest({k: c.todict() for k, c in cameras.items()}),
-                                             "camera_of": digest(camera_of)})
+                                             "camera_of": digest(camera_of)}, overwrite)
     if not database.done:
         sfm_database(database, cameras, camera_of, extract.directory, pairs.directory, matches.directory,
                      preset.verify, image_ids)
         database.complete()
     stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-sfm",
-                                       "mapper": asdict(preset.mapper)})
+                                       "mapper": asdict(preset.mapper)}, overwrite)
     if stage.done:
         return pycolmap.Reconstruction(str(stage.directory / RECONSTRUCTION))
     options = pycolmap.IncrementalPipelineOptions()
