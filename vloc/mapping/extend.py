@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pycolmap
@@ -55,6 +56,7 @@ from vloc.mapping.reconstruct import (
 )
 from vloc.mapping.stages import Stage, digest, lap
 from vloc.mapping.store import MapStore
+from vloc.matching.verify import known_pose_geometry
 from vloc.retrieval.pairs import select_pairs
 
 logger = logging.getLogger(__name__)
@@ -205,6 +207,26 @@ def _pairs(stage: Stage, extract_dir: Path, store: MapStore, map_names: list[str
     write_pairs(stage, map_names + new, sorted(pairs), whitening)
 
 
+def covisible_pairs(model: pycolmap.Reconstruction, min_shared: int
+                    ) -> Iterator[tuple[int, int, np.ndarray, pycolmap.TwoViewGeometry]]:
+    """The map's own image pairs as verified geometries: the keypoints two images observe the same
+    3D point with are their inlier matches (pairs sharing at least ``min_shared`` points). COLMAP's
+    mapper drops images without correspondences in the database, so a map image that no new
+    image matches would otherwise be missing when the mapper continues the model."""
+    shared: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for point in model.points3D.values():
+        track = sorted((el.image_id, el.point2D_idx) for el in point.track.elements)
+        for a in range(len(track)):
+            for b in range(a + 1, len(track)):
+                if track[a][0] != track[b][0]:
+                    shared.setdefault((track[a][0], track[b][0]), []).append((track[a][1], track[b][1]))
+    for (id1, id2), pairs in sorted(shared.items()):
+        if len(pairs) >= min_shared:
+            inliers = np.unique(np.array(pairs, np.uint32), axis=0)
+            yield id1, id2, inliers, known_pose_geometry(inliers, model.images[id1].cam_from_world(),
+                                                         model.images[id2].cam_from_world())
+
+
 def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: pycolmap.Reconstruction,
                         new: list[str], extract: Stage, pairs: Stage, matches: Stage, preset: Preset,
                         images: Path, overwrite: bool) -> pycolmap.Reconstruction:
@@ -265,10 +287,11 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
     image_ids = [ids[n] for n in map_names] + list(range(next_image, next_image + len(new)))
     database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
                                              "cameras": digest({k: c.todict() for k, c in cameras.items()}),
-                                             "camera_of": digest(camera_of)}, overwrite)
+                                             "camera_of": digest(camera_of),
+                                             "map_pairs": {"min_shared": preset.verify.min_inliers}}, overwrite)
     if not database.done:
         sfm_database(database, cameras, camera_of, extract.directory, pairs.directory, matches.directory,
-                     preset.verify, image_ids)
+                     preset.verify, image_ids, covisible_pairs(model, preset.verify.min_inliers))
         database.complete()
     stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-sfm",
                                        "mapper": asdict(preset.mapper)}, overwrite)

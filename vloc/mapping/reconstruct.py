@@ -18,7 +18,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pycolmap
@@ -70,9 +70,11 @@ def triangulation_database(stage: Stage, reference: pycolmap.Reconstruction, ext
 
 
 def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: list[int], extract_dir: Path,
-                 pairs_dir: Path, matches_dir: Path, verify: VerifyConf, image_ids: list[int] | None = None) -> None:
+                 pairs_dir: Path, matches_dir: Path, verify: VerifyConf, image_ids: list[int] | None = None,
+                 verified: Iterable[tuple[int, int, np.ndarray, pycolmap.TwoViewGeometry]] = ()) -> None:
     """Database of the images with ``cameras`` (``camera_of``: each image's camera id, in images.txt
-    order; ``image_ids``: their ids, default 1..N); pycolmap verifies the matches."""
+    order; ``image_ids``: their ids, default 1..N); pycolmap verifies the matches. ``verified``:
+    pairs (by image id) already verified, written as they are (an extended map's own pairs)."""
     names, _ = read_pairs(pairs_dir)
     ids = image_ids if image_ids is not None else list(range(1, len(names) + 1))
     pairs_file = stage.directory / "verify_pairs.txt"
@@ -80,6 +82,7 @@ def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: l
     def build(path: Path) -> None:
         with open(pairs_file, "w") as listed:
             def raw():
+                yield from verified
                 for i, j, m in tqdm(iter_matches(matches_dir, pairs_dir), desc="database", unit="pair"):
                     if len(m):
                         listed.write(f"{names[i]} {names[j]}\n")

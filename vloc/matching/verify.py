@@ -24,14 +24,9 @@ def verify_known_poses(
     conf: VerifyConf,
 ) -> pycolmap.TwoViewGeometry:
     """Keep the matches ``(K, 2)`` consistent with the known relative pose."""
-    cam2_from_cam1 = cam2_from_world * cam1_from_world.inverse()
-    essential = _skew(cam2_from_cam1.translation) @ cam2_from_cam1.rotation.matrix()
-    geometry = pycolmap.TwoViewGeometry()
-    geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
-    geometry.cam2_from_cam1 = cam2_from_cam1
-    geometry.E = essential
+    geometry = known_pose_geometry(np.zeros((0, 2), np.uint32), cam1_from_world, cam2_from_world)
+    essential = geometry.E
     if len(matches) == 0:
-        geometry.inlier_matches = np.zeros((0, 2), np.uint32)
         return geometry
     x1 = camera1.cam_from_img(kp1[matches[:, 0]].astype(np.float64))
     x2 = camera2.cam_from_img(kp2[matches[:, 1]].astype(np.float64))
@@ -45,6 +40,18 @@ def verify_known_poses(
     focal = 0.5 * (camera1.mean_focal_length() + camera2.mean_focal_length())
     keep = np.sqrt(sampson) * focal <= conf.max_error_px
     geometry.inlier_matches = np.ascontiguousarray(matches[keep], dtype=np.uint32)
+    return geometry
+
+
+def known_pose_geometry(inliers: np.ndarray, cam1_from_world: pycolmap.Rigid3d,
+                        cam2_from_world: pycolmap.Rigid3d) -> pycolmap.TwoViewGeometry:
+    """A calibrated two-view geometry from known poses with the given inlier matches ``(K, 2)``."""
+    cam2_from_cam1 = cam2_from_world * cam1_from_world.inverse()
+    geometry = pycolmap.TwoViewGeometry()
+    geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+    geometry.cam2_from_cam1 = cam2_from_cam1
+    geometry.E = _skew(cam2_from_cam1.translation) @ cam2_from_cam1.rotation.matrix()
+    geometry.inlier_matches = np.ascontiguousarray(inliers, dtype=np.uint32).reshape(-1, 2)
     return geometry
 
 
