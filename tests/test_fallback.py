@@ -1,5 +1,5 @@
 """A preset with a fallback layer: the layer is triangulated from the map's own poses, and weak or
-failed queries are localized again on it. The layer here is "fast" (XFeat, seconds to build);
+failed queries are localized again on it. The layer here is "xfeat" (XFeat, seconds to build);
 the "accurate" preset uses the same code with an ALIKED + LightGlue layer."""
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from vloc.mapping.build import build_map
 from vloc.mapping.map_dir import FALLBACK_DIR, MANIFEST, MapFormatError
 
 # Every result is "weak" under ALWAYS, none under NEVER.
-ALWAYS = Preset(name="sift-then-fast", fallback=FallbackConf(preset="fast", below_inliers=10**9))
-NEVER = Preset(name="sift-then-fast", fallback=FallbackConf(preset="fast", below_inliers=0))
+ALWAYS = Preset(name="sift-then-xfeat", fallback=FallbackConf(preset="xfeat", below_inliers=10**9))
+NEVER = Preset(name="sift-then-xfeat", fallback=FallbackConf(preset="xfeat", below_inliers=0))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_layer_is_triangulated_from_the_maps_own_poses(layered_map):
         assert rel.rotation.angle() < 1e-9 and np.linalg.norm(rel.translation) < 1e-9, im.name
     assert layer.num_points3D() > 1000
     manifest = json.loads((layered_map / FALLBACK_DIR / MANIFEST).read_text())
-    assert manifest["preset"]["name"] == "fast"
+    assert manifest["preset"]["name"] == "xfeat"
     assert manifest["source"] == {**manifest["source"], "mode": "triangulation", "reference": "../model"}
 
 
@@ -48,12 +48,12 @@ def test_weak_queries_are_localized_on_the_layer(layered_map, kitti):
     always, never = Localizer.load(layered_map, ALWAYS), Localizer.load(layered_map, NEVER)
     for q in read_queries(kitti.queries):
         a, n = always.localize(kitti.images / q.name, q.camera), never.localize(kitti.images / q.name, q.camera)
-        assert (a.layer, n.layer) == ("fast", "sift-then-fast"), q.name
+        assert (a.layer, n.layer) == ("xfeat", "sift-then-xfeat"), q.name
         for result in (a, n):
             assert result.success, (q.name, result.reason)
             dt, dr = pose_error(result.cam_from_world, truth[q.name])
-            assert dt < 0.1 and dr < 0.5, (q.name, result.layer, dt, dr)  # fast on kitti: <= 3.7 cm, 0.27°
-        assert a.to_dict()["layer"] == "fast" and set(a.timings) == set(n.timings)
+            assert dt < 0.1 and dr < 0.5, (q.name, result.layer, dt, dr)  # xfeat on kitti: <= 3.7 cm, 0.27°
+        assert a.to_dict()["layer"] == "xfeat" and set(a.timings) == set(n.timings)
     # both layers share one global model, so a fallback query computes its global descriptor once
     assert always.layer.global_conf == always.fallback.global_conf and len(always._global_models) == 1
 
@@ -62,12 +62,12 @@ def test_a_query_failing_on_both_layers_names_both_reasons(layered_map):
     grey = np.full((376, 1241), 128, np.uint8)
     result = Localizer.load(layered_map, ALWAYS).localize(grey)
     assert not result.success and result.cam_from_world is None
-    assert result.reason.startswith("sift-then-fast: too few keypoints")
-    assert "; fast: " in result.reason
+    assert result.reason.startswith("sift-then-xfeat: too few keypoints")
+    assert "; xfeat: " in result.reason
 
 
 def test_a_map_without_the_layer_is_refused_by_name(kitti_map):
-    with pytest.raises(MapFormatError, match=f"{FALLBACK_DIR}/ is missing.*--preset sift-then-fast"):
+    with pytest.raises(MapFormatError, match=f"{FALLBACK_DIR}/ is missing.*--preset sift-then-xfeat"):
         Localizer.load(kitti_map, ALWAYS)
 
 
@@ -101,4 +101,4 @@ def test_map_adapt_keeps_the_layer(layered_map, kitti, tmp_path):
     assert (map_dir / FALLBACK_DIR / MANIFEST).read_text() == layer_manifest
     query = read_queries(kitti.queries)[0]
     result = Localizer.load(map_dir, ALWAYS).localize(kitti.images / query.name, query.camera)
-    assert result.success and result.layer == "fast", result.reason
+    assert result.success and result.layer == "xfeat", result.reason

@@ -5,7 +5,8 @@ import numpy as np
 import pycolmap
 import pytest
 
-from vloc.config import MatcherConf, PoseConf, VerifyConf
+from vloc.config import FeatureConf, MatcherConf, PoseConf, VerifyConf
+from vloc.features import make_extractor
 from vloc.io.cameras import camera_from_fields
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.matching import make_matcher
@@ -76,14 +77,19 @@ def test_absolute_pose_reports_none_on_garbage():
     assert est is None or est.num_inliers < PoseConf().min_inliers
 
 
-def test_mutual_nn_matcher_recovers_permutation_and_handles_empty():
-    rng = np.random.default_rng(3)
-    d0 = rng.normal(size=(500, 128)).astype(np.float32)
+def _permuted_pair(rng, n=500, noise=0.02):
+    d0 = rng.normal(size=(n, 128)).astype(np.float32)
     d0 /= np.linalg.norm(d0, axis=1, keepdims=True)
-    perm = rng.permutation(500)
-    d1 = d0[perm] + rng.normal(scale=0.02, size=(500, 128)).astype(np.float32)
+    perm = rng.permutation(n)
+    d1 = d0[perm] + rng.normal(scale=noise, size=(n, 128)).astype(np.float32)
     d1 /= np.linalg.norm(d1, axis=1, keepdims=True)
-    matcher = make_matcher(MatcherConf())
+    return d0, d1, perm
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_mutual_nn_matcher_recovers_permutation_and_handles_empty(precision):
+    d0, d1, perm = _permuted_pair(np.random.default_rng(3))
+    matcher = make_matcher(MatcherConf(precision=precision))
     m = matcher.match_descriptors(d0, d1)
     assert len(m) >= 495
     assert np.all(perm[m[:, 1]] == m[:, 0])  # precision 100%
@@ -92,39 +98,36 @@ def test_mutual_nn_matcher_recovers_permutation_and_handles_empty():
     assert matcher.match_descriptors(d0[:1], d1[:1]).shape[1] == 2
     with pytest.raises(ValueError, match="valid: lightglue, mnn"):
         make_matcher(MatcherConf(name="nope"))
+    with pytest.raises(ValueError, match="valid: auto, float32, bfloat16"):
+        make_matcher(MatcherConf(precision="fp8"))
 
 
-def test_whitening_index_and_pairs():
+def test_bfloat16_matches_are_the_float32_ones():
+    """Half of the map descriptors have a near twin, so the ratio test removes some matches: bfloat16
+    similarities rank the candidates, float32 distances decide, and at most 1 % of matches differ."""
     rng = np.random.default_rng(4)
-    raw = rng.normal(size=(20, 64)).astype(np.float32)
-    raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-    w = Whitening.learn(raw, dim=256)
-    out = w(raw)
-    assert out.shape == (20, 19)
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
-    index = build_index(out)
-    _, ids = search(index, out[3], k=50)
-    assert ids.shape == (1, 20) and ids[0, 0] == 3
-    pairs = select_pairs(out, num_retrieved=2, num_sequential=1)
-    assert all(i < j for i, j in pairs) and (0, 1) in pairs
-    assert select_pairs(out[:1], 5) == []
+    d0, d1, _ = _permuted_pair(rng, n=2000, noise=0.04)
+    d1 = np.concatenate([d1, d1[:1000] + rng.normal(scale=0.03, size=(1000, 128))])
+    d1 = (d1 / np.linalg.norm(d1, axis=1, keepdims=True)).astype(np.float32)
+    exact = {tuple(m) for m in make_matcher(MatcherConf(precision="float32")).match_descriptors(d0, d1)}
+    fast = {tuple(m) for m in make_matcher(MatcherConf(precision="bfloat16")).match_descriptors(d0, d1)}
+    assert 1000 < len(exact) < 1900  # the ratio test's boundary is exercised
+    assert len(exact ^ fast) <= 0.01 * len(exact), (len(exact), len(fast), len(exact & fast))
 
 
-def test_sift_on_real_and_blank_images(kitti):
-    from vloc.config import FeatureConf
-    from vloc.features import make_extractor
-    from vloc.io.images import read_image
-
-    extractor = make_extractor(FeatureConf(max_keypoints=1000))
-    image = read_image(kitti.images / "000100.png")
-    feats = extractor(image)
-    h, w = image.shape[:2]
-    assert len(feats) == 1000 and feats.image_size == (w, h)
-    assert np.all((feats.keypoints >= 0) & (feats.keypoints <= [w, h]))
-    np.testing.assert_allclose(np.linalg.norm(feats.descriptors, axis=1), 1, atol=1e-5)
-    small = make_extractor(FeatureConf(max_keypoints=1000, resize_max=620))(image)  # keypoints back in full-size pixels
-    assert small.keypoints[:, 0].max() > 0.9 * w
-    blank = extractor(np.full((480, 640), 128, np.uint8))
-    assert len(blank) == 0 and blank.keypoints.shape == (0, 2) and blank.descriptors.shape == (0, 128)
-    with pytest.raises(ValueError, match="valid: .*sift"):
-        make_extractor(FeatureConf(name="orb"))
+@pytest.mark.parametrize("upsample", [True, False])
+def test_sift_keypoints_lie_on_blobs_at_known_positions(upsample):
+    """COLMAP's convention (top-left pixel centre at (0.5, 0.5)), unbiased with and without OpenCV's
+    doubled first octave (before the correction: +0.25 px and +0.5 px in x and y)."""
+    height, width, sigma = 480, 640, 3.0
+    yy, xx = np.mgrid[0:height, 0:width] + 0.5
+    rng = np.random.default_rng(1)
+    centres = np.array([(cx + rng.uniform(-3, 3), cy + rng.uniform(-3, 3))
+                        for cy in range(40, height - 40, 50) for cx in range(40, width - 40, 50)])
+    image = sum(np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2)) for x, y in centres)
+    image = (255 * image / image.max()).astype(np.uint8)
+    kps = make_extractor(FeatureConf(upsample=upsample))(image).keypoints
+    offset = kps - centres[np.linalg.norm(kps[:, None] - centres[None], axis=2).argmin(1)]
+    near = np.linalg.norm(offset, axis=1) < 1.5
+    assert near.sum() >= len(centres)
+    np.testing.assert_allclose(np.median(offset[near], axis=0), 0, atol=0.05)

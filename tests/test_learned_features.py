@@ -15,7 +15,7 @@ from vloc.models import weights
 
 EXTRACTORS = ["aliked-n16", "aliked-n16rot", "aliked-n32", "disk", "xfeat"]
 # (extractor, matcher conf, minimum precision = share of matches within 3 px of the true
-# homography): every learned matcher, and mutual NN on XFeat (the fast preset). Measured when
+# homography): every learned matcher, and mutual NN on XFeat (the xfeat preset). Measured when
 # written: LightGlue 0.97-1.0; XFeat mutual NN 0.80 (its keypoints are whole pixels of the input).
 MATCHERS = [
     ("aliked-n16", MatcherConf(name="lightglue", features="aliked"), 0.9),

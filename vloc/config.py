@@ -20,6 +20,9 @@ class FeatureConf:
     max_keypoints: int = 4096
     resize_max: int = 1600  # longest image side before extraction; 0 keeps the size
     root_sift: bool = True
+    # sift: OpenCV doubles the image before its scale space (first octave -1). False starts the
+    # scale space at the image's own resolution (COLMAP's first_octave 0): ~3x less work.
+    upsample: bool = True
     variant: str = ""  # learned extractors' model variant (delg: r50, r101, small)
     weights: str = ""  # learned extractors' weight file (delg: a vloc DELG file)
     bf16: bool = False  # learned extractors: bfloat16 autocast on CPU
@@ -32,6 +35,10 @@ class MatcherConf:
     name: str = "mnn"
     ratio: float = 0.8  # mnn: Lowe ratio test on L2 distances; 1.0 disables it
     max_distance: float = 0.7  # mnn: on unit-norm descriptors; 2.0 disables it
+    # mnn: similarity matmul in "float32", "bfloat16" (3x faster where the CPU has AVX512-BF16 or
+    # AMX; the ratio test then uses float32 distances of the best candidates), or "auto": bfloat16
+    # on such CPUs, float32 elsewhere (where bfloat16 is emulated, and slower).
+    precision: str = "auto"
     features: str = ""  # lightglue: whose weights ("aliked", "disk"; "xfeat" = LighterGlue)
     # lightglue: None keeps the value the weights were released with (kornia's configuration).
     depth_confidence: float | None = None  # early stopping; -1 disables it
@@ -146,7 +153,8 @@ class Preset:
 
     @property
     def features_file(self) -> str:
-        return f"features-{self.features.name}-{self.features.max_keypoints}.h5"
+        half = "" if self.features.upsample else "-noup"
+        return f"features-{self.features.name}{half}-{self.features.max_keypoints}.h5"
 
     @property
     def global_file(self) -> str:
@@ -179,11 +187,19 @@ PRESETS: dict[str, Preset] = {
     "sift": Preset(name="sift"),
     # Same map as "sift" (maps are interchangeable); fewer query keypoints and retrieved images.
     "sift-fast": Preset(name="sift-fast", pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
-    # Lowest CPU latency: XFeat (a small CNN, ~0.04 s per 640x480 image here) with mutual nearest
-    # neighbours against the retrieved images' 3D points in one call, 1,024 query keypoints, top-3.
-    # LighterGlue alone took longer per pair than the whole SIFT query (docs/benchmarks.md).
+    # Lowest CPU latency (issue 12, docs/benchmarks.md "Query latency"): SIFT whose scale space starts
+    # at the image's own resolution (a third of the work of "sift"'s doubled first octave), the global
+    # descriptor at 320 px (a third of the work at 448), top-3 images. Its own map.
     "fast": Preset(
         name="fast",
+        features=FeatureConf(upsample=False),
+        global_desc=GlobalConf(resize_max=320),
+        pose=PoseConf(num_retrieved=3)),
+    # XFeat (a small CNN) with mutual nearest neighbours against the retrieved images' 3D points in
+    # one call, 1,024 query keypoints, top-3 (the "fast" preset before issue 12: it shares the CPU with
+    # the global CNN, so it is not faster than SIFT). LighterGlue took longer per pair than a SIFT query.
+    "xfeat": Preset(
+        name="xfeat",
         features=FeatureConf(name="xfeat", max_keypoints=4096, resize_max=1024, root_sift=False),
         matcher=MatcherConf(name="mnn", ratio=0.9, max_distance=0.8),
         pose=PoseConf(num_retrieved=3, max_keypoints=1024)),

@@ -1,20 +1,48 @@
 """Mutual nearest neighbour matching with Lowe's ratio test and a distance threshold."""
 from __future__ import annotations
 
+import functools
+import logging
+from enum import StrEnum
+
 import numpy as np
 import torch
 
 from vloc.config import MatcherConf
 from vloc.features.base import Features
 
+logger = logging.getLogger(__name__)
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
 
 class MutualNNMatcher:
     """Descriptors only: the localizer may match a query against any set of descriptors at once."""
 
     needs_keypoints = False
+    candidates = 3  # bfloat16: best candidates per row whose distances are recomputed in float32
 
     def __init__(self, conf: MatcherConf):
-        self.conf = conf
+        try:
+            precision = Precision(conf.precision)
+        except ValueError:
+            raise ValueError(f"matcher precision {conf.precision!r}; valid: {', '.join(p.value for p in Precision)}") \
+                from None
+        if precision is Precision.AUTO:
+            precision = Precision.BFLOAT16 if native_bfloat16() else Precision.FLOAT32
+        self.conf, self.bfloat16 = conf, precision is Precision.BFLOAT16
+        logger.debug("mutual NN similarities in %s", precision)
 
     def __call__(self, feats0: Features, feats1: Features) -> np.ndarray:
         """-> ``(K, 2)`` int64 index pairs ``(i0, i1)``."""
@@ -27,13 +55,19 @@ class MutualNNMatcher:
         d1 = torch.as_tensor(desc1, dtype=torch.float32)
         if len(d0) == 0 or len(d1) == 0:
             return np.zeros((0, 2), np.int64)
-        sim = d0 @ d1.T  # (N, M); squared L2 distance = 2 - 2 sim on unit vectors
-        k = 2 if d1.shape[0] > 1 else 1
-        top_sim, top_idx = sim.topk(k, dim=1)
+        if self.bfloat16:
+            sim = d0.bfloat16() @ d1.bfloat16().T  # (N, M), ~3 significant digits
+            top_idx = sim.topk(min(self.candidates, len(d1)), dim=1).indices
+            top_sim = torch.einsum("nd,nkd->nk", d0, d1[top_idx])  # the candidates' exact similarities
+            top_sim, order = top_sim.sort(dim=1, descending=True)
+            top_idx = top_idx.gather(1, order)
+        else:
+            sim = d0 @ d1.T  # (N, M); squared L2 distance = 2 - 2 sim on unit vectors
+            top_sim, top_idx = sim.topk(min(2, len(d1)), dim=1)
         best1 = top_idx[:, 0]
         dist = torch.sqrt(torch.clamp(2 - 2 * top_sim, min=0))
         keep = dist[:, 0] <= self.conf.max_distance
-        if k == 2 and self.conf.ratio < 1.0:
+        if dist.shape[1] > 1 and self.conf.ratio < 1.0:
             keep &= dist[:, 0] <= self.conf.ratio * dist[:, 1]
         best0 = sim.argmax(dim=0)  # (M,)
         keep &= best0[best1] == torch.arange(len(d0))

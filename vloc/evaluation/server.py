@@ -1,0 +1,55 @@
+"""The HTTP service in a child process, for the benchmarks that measure it from outside."""
+from __future__ import annotations
+
+import http.client
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+SERVER_CODE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+from vloc.serve.app import serve
+serve(sys.argv[1], "127.0.0.1", 0, preset=sys.argv[2] or None)
+"""
+
+
+def start_server(map_dir: Path, log: list[str], preset: str | None = None) -> tuple[subprocess.Popen, int]:
+    """The service in its own process; its port, from the "serving ... at http://HOST:PORT" log line."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, str(map_dir), preset or ""], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    found = threading.Event()
+    port: list[int] = []
+
+    def drain() -> None:  # keep reading so the server never blocks on a full pipe
+        for line in proc.stderr:  # type: ignore[union-attr]
+            log.append(line.rstrip())
+            match = re.search(r"serving .* at http://[^:]+:(\d+)", line)
+            if match and not found.is_set():
+                port.append(int(match.group(1)))
+                found.set()
+        found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not found.wait(180) or not port:
+        proc.kill()
+        raise SystemExit("the server did not start:\n" + "\n".join(log[-30:]))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(HOST, port[0], timeout=5)
+            conn.request("GET", "/health")
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            if response.status == 200:
+                return proc, port[0]
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server never answered /health:\n" + "\n".join(log[-30:]))
