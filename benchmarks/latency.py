@@ -123,15 +123,15 @@ def print_table(rows: list[dict], repeat: int) -> None:
     print(f"\ntorch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.2f}; seconds per query, median over {repeat} passes (p90 below); error: "
           "translation (cm; sets in an SfM gauge: % of a camera step) / rotation (deg)")
-    head = (f"{'set':<10}{'preset':<8}{'size':>10}{'loc':>7}{'error':>14}  " + "".join(f"{s:>9}" for s in STAGES)
+    head = (f"{'set':<12}{'preset':<8}{'size':>10}{'loc':>7}{'error':>14}  " + "".join(f"{s:>9}" for s in STAGES)
             + f"{'total':>8}{'http':>8}{'build s':>9}{'img/min':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['set']:<10}{r['preset']:<8}{r['size']:>10}{r['ok']:>3}/{r['n']:<3}"
+        print(f"{r['set']:<12}{r['preset']:<8}{r['size']:>10}{r['ok']:>3}/{r['n']:<3}"
               f"{r['t_cm']:>8.2f}/{r['r']:.3f}  " + "".join(f"{r['median'][s]:>9.3f}" for s in STAGES)
               + f"{r['median']['total']:>8.3f}{r['http']:>8.3f}{r['build']:>9.1f}{r['img_min']:>8.0f}")
-        print(" " * 46 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>8.3f}")
+        print(" " * 48 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>8.3f}")
     by = {(r["set"], r["preset"]): r for r in rows}
     for name in HLOC_S:
         before = by.get((name, "before"))
