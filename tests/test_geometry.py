@@ -113,6 +113,7 @@ def test_bfloat16_matches_are_the_float32_ones():
     fast = {tuple(m) for m in make_matcher(MatcherConf(precision="bfloat16")).match_descriptors(d0, d1)}
     assert 1000 < len(exact) < 1900  # the ratio test's boundary is exercised
     assert len(exact ^ fast) <= 0.01 * len(exact), (len(exact), len(fast), len(exact & fast))
+    assert len({j for _, j in fast}) == len(fast)  # one-to-one, also where rounding ties a column
 
 
 @pytest.mark.parametrize("upsample", [True, False])
