@@ -29,6 +29,7 @@ import numpy as np
 
 from vloc.config import PRESETS, get_preset
 from vloc.evaluation.metrics import evaluate, thresholds_for
+from vloc.evaluation.timing import set_root
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.poses import read_poses
@@ -163,14 +164,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for name in args.sets:
-            if name == "demo":
-                from vloc.demo.scene import render_demo_scene
-
-                root = work / "demo_scene"
-                if not root.exists():
-                    render_demo_scene(root)
-            else:
-                root = args.data / "prepared" / name
+            root = set_root(name, args.data, work)
             for preset in presets:
                 rows.append(measure(root, preset, work, args.repeat, args.http))
                 print_table(rows[-1:], args.repeat)

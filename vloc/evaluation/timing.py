@@ -1,7 +1,8 @@
-"""Timing shared by the benchmark scripts."""
+"""Timing and set lookup shared by the benchmark scripts."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -16,3 +17,16 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def set_root(name: str, data: Path, work: Path) -> Path:
+    """A prepared set's directory ``DATA/prepared/NAME``, or for ``demo`` the rendered demo scene
+    (rendered into ``WORK/demo_scene`` unless it is there)."""
+    if name != "demo":
+        return data / "prepared" / name
+    from vloc.demo.scene import render_demo_scene
+
+    root = work / "demo_scene"
+    if not root.exists():
+        render_demo_scene(root)
+    return root
