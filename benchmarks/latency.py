@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py [--presets before sift fast xfeat] [--sets kitti 7scenes demo]
                                  [--repeat 3] [--no-http] [--work DIR] [--data ../shared/data]
+                                 [--baseline e162e4e]
 
 For each set and preset: the map is triangulated from the set's ground-truth poses (build time and
 images per minute from a fresh build; maps kept under ``--work`` are reused and then show no build
@@ -9,23 +10,27 @@ time), one warm Localizer localizes every query ``--repeat`` times after one unt
 and p90 per stage and of the total, the localized count and median errors. ``http``: the same
 queries posted as raw image bytes to ``vloc serve`` on the same map, in a child process, one
 keep-alive connection; median client-side time per query, and its excess over the in-process
-median (HTTP overhead). ``before`` is ``sift`` as it was before the latency work (float32 matching),
-so the hloc figures of issue 12 can be scaled by this machine's speed inside one run.
+median (HTTP overhead). ``before`` is the ``sift`` preset of the code at ``--baseline`` (a git
+revision: by default the last commit before issue 12's changes), checked out as a git worktree
+under ``--work`` and run in a child process on its own map, built by that code; the hloc figures of
+issue 12 are scaled by its time here over its time on the issue's machine, inside one run.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import http.client
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import pycolmap
 
 from vloc.config import PRESETS, get_preset
 from vloc.evaluation.metrics import evaluate, thresholds_for
@@ -41,11 +46,61 @@ HLOC_S = {"kitti": 0.634, "7scenes": 0.371}
 SIFT_THEN_S = {"kitti": 0.358, "7scenes": 0.272}
 
 
-def before_preset():
-    """``sift`` as it was before issue 12: similarities in float32."""
-    sift = get_preset("sift")
-    return dataclasses.replace(sift, name="before",
-                               matcher=dataclasses.replace(sift.matcher, precision="float32"))
+BASELINE = "e162e4e"  # the last commit before issue 12's changes
+# Run by the baseline tree's Python (cwd and PYTHONPATH: the worktree), so it may only use the API
+# that code has: build the map once, localize every query REPEAT times after a warm-up, write JSON.
+BASELINE_CHILD = """
+import json, sys, time
+from pathlib import Path
+import pycolmap
+from vloc.config import get_preset
+from vloc.io.cameras import read_queries
+from vloc.io.datasets import open_prepared
+from vloc.localization.localizer import Localizer
+from vloc.mapping.build import build_map
+
+pycolmap.logging.minloglevel = 2
+root, map_dir, repeat, out = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+ds = open_prepared(root)
+build_s = float("nan")
+if not map_dir.exists():
+    t = time.perf_counter()
+    build_map(ds.images, map_dir, get_preset("sift"), reference=ds.ref_model)
+    build_s = time.perf_counter() - t
+localizer = Localizer.load(map_dir, "sift")
+queries = read_queries(ds.queries)
+localizer.localize(ds.images / queries[0].name, queries[0].camera)
+runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
+out.write_text(json.dumps({"build_s": build_s, "size": [queries[0].camera.width, queries[0].camera.height],
+    "timings": [r.timings for run in runs for r in run],
+    "poses": {r.name: r.cam_from_world.matrix().tolist() for r in runs[0] if r.success}}))
+"""
+
+
+def baseline_tree(revision: str, work: Path) -> Path:
+    """A git worktree of this repository at ``revision`` under ``work`` (made once, reused)."""
+    tree = work / f"baseline-{revision}"
+    if not tree.exists():
+        repo = Path(__file__).resolve().parent.parent
+        subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree), revision], check=True,
+                       stdout=subprocess.DEVNULL)
+    return tree
+
+
+def measure_baseline(root: Path, revision: str, work: Path, repeat: int) -> dict:
+    """The row of ``before``: the baseline tree's ``sift`` on its own map, in a child process."""
+    tree = baseline_tree(revision, work)
+    ds = open_prepared(root)
+    map_dir = work / f"{ds.name}-baseline-{revision}"
+    out = work / f"{ds.name}-baseline-{revision}.json"
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(root.resolve()), str(map_dir.resolve()), str(repeat),
+                    str(out.resolve())], cwd=tree, env=env, check=True)
+    data = json.loads(out.read_text())
+    poses = {n: pycolmap.Rigid3d(np.asarray(m)) for n, m in data["poses"].items()}
+    n_images = read_manifest(map_dir).counts.images
+    return summarize(ds, "before", len(read_queries(ds.queries)), poses, data["timings"], data["build_s"],
+                     n_images, "{}x{}".format(*data["size"]))
 
 
 def map_for(ds, preset, work: Path) -> tuple[Path, float]:
@@ -99,22 +154,28 @@ def over_http(map_dir: Path, preset_name: str, ds, repeat: int) -> list[float]:
     return times
 
 
+def summarize(ds, preset: str, n: int, poses: dict, timed: list[dict], build_s: float, n_images: int,
+              size: str) -> dict:
+    """One table row: localized count and median errors of ``poses``, stage percentiles of ``timed``."""
+    thresholds, unit, unit_length = thresholds_for(ds.meta, ((0.25, 2.0),))
+    summary = evaluate(poses, read_poses(ds.gt), thresholds)
+    row = dict(set=ds.name, preset=preset, n=n, ok=summary.localized, t_cm=100 * summary.median_t / unit_length,
+               r=summary.median_r, build=build_s, img_min=60 * n_images / build_s, size=size, http=float("nan"))
+    for label, q in (("median", 50), ("p90", 90)):
+        row[label] = {s: float(np.percentile([t.get(s, 0.0) for t in timed], q)) for s in STAGES}
+        row[label]["total"] = float(np.percentile([sum(t.values()) for t in timed], q))
+    return row
+
+
 def measure(root: Path, preset, work: Path, repeat: int, http: bool) -> dict:
     ds = open_prepared(root)
     map_dir, build_s = map_for(ds, preset, work)
     results, timed = in_process(map_dir, preset, ds, repeat)
-    thresholds, unit, unit_length = thresholds_for(ds.meta, ((0.25, 2.0),))
-    summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt), thresholds)
-    n_images = read_manifest(map_dir).counts.images
-    row = dict(set=ds.name, preset=preset.name, n=len(results), ok=summary.localized,
-               t_cm=100 * summary.median_t / unit_length, r=summary.median_r, build=build_s,
-               img_min=60 * n_images / build_s,
-               size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
-    for label, q in (("median", 50), ("p90", 90)):
-        row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], q)) for s in STAGES}
-        row[label]["total"] = float(np.percentile([sum(r.timings.values()) for r in timed], q))
-    row["http"] = float(np.median(over_http(map_dir, preset.name, ds, repeat))) if http and preset.name in PRESETS \
-        else float("nan")
+    size = f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else ""
+    row = summarize(ds, preset.name, len(results), {r.name: r.cam_from_world for r in results if r.success},
+                    [r.timings for r in timed], build_s, read_manifest(map_dir).counts.images, size)
+    if http and preset.name in PRESETS:
+        row["http"] = float(np.median(over_http(map_dir, preset.name, ds, repeat)))
     return row
 
 
@@ -153,22 +214,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-http", dest="http", action="store_false")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
+    parser.add_argument("--baseline", default=BASELINE, help="git revision whose `sift` is `before`")
     parser.add_argument("--work", type=Path, help="keep the maps here and reuse them (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    import pycolmap
-
     pycolmap.logging.minloglevel = 2
-    presets = [before_preset() if p == "before" else get_preset(p) for p in args.presets]
+    presets = [p if p == "before" else get_preset(p) for p in args.presets]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         for name in args.sets:
             root = set_root(name, args.data, work)
             for preset in presets:
-                rows.append(measure(root, preset, work, args.repeat, args.http))
+                rows.append(measure_baseline(root, args.baseline, work, args.repeat) if preset == "before"
+                            else measure(root, preset, work, args.repeat, args.http))
                 print_table(rows[-1:], args.repeat)
     print_table(rows, args.repeat)
+    if args.work is None:  # the baseline worktree went with the temporary folder
+        subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).resolve().parent.parent, check=False)
 
 
 if __name__ == "__main__":

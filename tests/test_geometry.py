@@ -116,6 +116,20 @@ def test_bfloat16_matches_are_the_float32_ones():
     assert len({j for _, j in fast}) == len(fast)  # one-to-one, also where rounding ties a column
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_matching_by_blocks_of_rows_equals_the_whole_matrix(precision):
+    """2,000 query rows in blocks of 256 (the last one short) give exactly the matches of one block."""
+    rng = np.random.default_rng(5)
+    d0, d1, _ = _permuted_pair(rng, n=2000, noise=0.04)
+    d1 = np.concatenate([d1, d1[:700] + rng.normal(scale=0.03, size=(700, 128))])
+    d1 = (d1 / np.linalg.norm(d1, axis=1, keepdims=True)).astype(np.float32)
+    blocked = make_matcher(MatcherConf(precision=precision))
+    whole = make_matcher(MatcherConf(precision=precision))
+    whole.block_rows = len(d0)
+    assert blocked.block_rows < len(d0) and len(d0) % blocked.block_rows
+    np.testing.assert_array_equal(blocked.match_descriptors(d0, d1), whole.match_descriptors(d0, d1))
+
+
 @pytest.mark.parametrize("upsample", [True, False])
 def test_sift_keypoints_lie_on_blobs_at_known_positions(upsample):
     """COLMAP's convention (top-left pixel centre at (0.5, 0.5)), unbiased with and without OpenCV's

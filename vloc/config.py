@@ -51,7 +51,7 @@ class GlobalConf:
     """Global descriptor. ``name`` is a key of ``vloc.retrieval.GLOBAL_MODELS``."""
 
     name: str = "effnet_lite0_gem"
-    resize_max: int = 448
+    resize_max: int = 320  # 448 until issue 12: equal recall, 0.6x the time (docs/benchmarks.md)
     gem_p: float = 3.0
     pca_dim: int = 256  # PCA-whitening output size (clipped to what the map allows)
     variant: str = ""  # learned models' variant (delg: r50, r101, small)
@@ -188,12 +188,11 @@ PRESETS: dict[str, Preset] = {
     # Same map as "sift" (maps are interchangeable); fewer query keypoints and retrieved images.
     "sift-fast": Preset(name="sift-fast", pose=PoseConf(num_retrieved=3, max_keypoints=1024)),
     # Lowest CPU latency (issue 12, docs/benchmarks.md "Query latency"): SIFT whose scale space starts
-    # at the image's own resolution (a third of the work of "sift"'s doubled first octave), the global
-    # descriptor at 320 px (a third of the work at 448), top-3 images. Its own map.
+    # at the image's own resolution (a third of the work of "sift"'s doubled first octave), top-3
+    # images. Its own map.
     "fast": Preset(
         name="fast",
         features=FeatureConf(upsample=False),
-        global_desc=GlobalConf(resize_max=320),
         pose=PoseConf(num_retrieved=3)),
     # XFeat (a small CNN) with mutual nearest neighbours against the retrieved images' 3D points in
     # one call, 1,024 query keypoints, top-3 (the "fast" preset before issue 12: it shares the CPU with
