@@ -6,14 +6,17 @@
 
 For each set and preset: the map is triangulated from the set's ground-truth poses (build time and
 images per minute from a fresh build; maps kept under ``--work`` are reused and then show no build
-time), one warm Localizer localizes every query ``--repeat`` times after one untimed warm-up; median
-and p90 per stage and of the total, the localized count and median errors. ``http``: the same
+time), one warm Localizer per preset localizes every query ``--repeat`` times after one untimed
+warm-up, the presets' passes interleaved (pass 1 of each, then pass 2, ...: the machine's drift
+falls on all alike); median and p90 per stage and of the total, the localized count and median
+errors of the first pass. ``http``: the same
 queries posted as raw image bytes to ``vloc serve`` on the same map, in a child process, one
 keep-alive connection; median client-side time per query, and its excess over the in-process
 median (HTTP overhead). ``before`` is the ``sift`` preset of the code at ``--baseline`` (a git
 revision: by default the last commit before issue 12's changes), checked out as a git worktree
 under ``--work`` and run in a child process on its own map, built by that code; the hloc figures of
-issue 12 are scaled by its time here over its time on the issue's machine, inside one run.
+issue 12 are scaled by its time here over its time on the issue's machine, inside one run; its
+passes are interleaved with the others like any preset's.
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
 
 pycolmap.logging.minloglevel = 2
-root, map_dir, repeat, out = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+root, map_dir = Path(sys.argv[1]), Path(sys.argv[2])
 ds = open_prepared(root)
 build_s = float("nan")
 if not map_dir.exists():
@@ -70,10 +73,11 @@ if not map_dir.exists():
 localizer = Localizer.load(map_dir, "sift")
 queries = read_queries(ds.queries)
 localizer.localize(ds.images / queries[0].name, queries[0].camera)
-runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
-out.write_text(json.dumps({"build_s": build_s, "size": [queries[0].camera.width, queries[0].camera.height],
-    "timings": [r.timings for run in runs for r in run],
-    "poses": {r.name: r.cam_from_world.matrix().tolist() for r in runs[0] if r.success}}))
+print("@@", json.dumps({"build_s": build_s}), flush=True)
+for _ in sys.stdin:  # one pass over the queries per line
+    run = [localizer.localize(ds.images / q.name, q.camera) for q in queries]
+    print("@@", json.dumps([[r.name, r.cam_from_world.matrix().tolist() if r.success else None, r.timings]
+                            for r in run]), flush=True)
 """
 
 
@@ -87,20 +91,79 @@ def baseline_tree(revision: str, work: Path) -> Path:
     return tree
 
 
-def measure_baseline(root: Path, revision: str, work: Path, repeat: int) -> dict:
-    """The row of ``before``: the baseline tree's ``sift`` on its own map, in a child process."""
-    tree = baseline_tree(revision, work)
+class BaselineRunner:
+    """The baseline tree's ``sift`` in a child process on its own map (built there by that code):
+    one pass over the queries per :meth:`run`."""
+
+    def __init__(self, root: Path, revision: str, work: Path):
+        tree = baseline_tree(revision, work)
+        self.map_dir = work / f"{open_prepared(root).name}-baseline-{revision}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", BASELINE_CHILD, str(root.resolve()), str(self.map_dir.resolve())], cwd=tree,
+            env={**os.environ, "PYTHONPATH": str(tree)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.build_s = self._answer()["build_s"]
+
+    def _answer(self):
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        raise SystemExit(f"the baseline process ended (exit code {self.proc.wait()})")
+
+    def run(self) -> list[tuple[str, pycolmap.Rigid3d | None, dict]]:
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return [(n, pycolmap.Rigid3d(np.asarray(m)) if m is not None else None, t) for n, m, t in self._answer()]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+class LocalRunner:
+    """A preset of this tree, warm in this process: one pass over the queries per :meth:`run`."""
+
+    def __init__(self, ds, preset, work: Path):
+        from vloc.localization.localizer import Localizer
+
+        self.map_dir, self.build_s = map_for(ds, preset, work)
+        self.localizer = Localizer.load(self.map_dir, preset)
+        self.images, self.queries = ds.images, read_queries(ds.queries)
+        self.localizer.localize(self.images / self.queries[0].name, self.queries[0].camera)  # warm-up
+
+    def run(self) -> list[tuple[str, pycolmap.Rigid3d | None, dict]]:
+        results = [self.localizer.localize(self.images / q.name, q.camera) for q in self.queries]
+        return [(r.name, r.cam_from_world if r.success else None, r.timings) for r in results]
+
+    def close(self) -> None:
+        pass
+
+
+def measure_set(root: Path, presets: list, work: Path, repeat: int, revision: str, http: bool) -> list[dict]:
+    """Every preset on one set, their passes interleaved (pass 1 of each preset, then pass 2, ...)
+    so that the machine's drift during the run falls on all of them alike."""
     ds = open_prepared(root)
-    map_dir = work / f"{ds.name}-baseline-{revision}"
-    out = work / f"{ds.name}-baseline-{revision}.json"
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-c", BASELINE_CHILD, str(root.resolve()), str(map_dir.resolve()), str(repeat),
-                    str(out.resolve())], cwd=tree, env=env, check=True)
-    data = json.loads(out.read_text())
-    poses = {n: pycolmap.Rigid3d(np.asarray(m)) for n, m in data["poses"].items()}
-    n_images = read_manifest(map_dir).counts.images
-    return summarize(ds, "before", len(read_queries(ds.queries)), poses, data["timings"], data["build_s"],
-                     n_images, "{}x{}".format(*data["size"]))
+    runners = {p if p == "before" else p.name: BaselineRunner(root, revision, work) if p == "before"
+               else LocalRunner(ds, p, work) for p in presets}
+    passes: dict[str, list] = {name: [] for name in runners}
+    try:
+        for _ in range(repeat):
+            for name, runner in runners.items():
+                passes[name].append(runner.run())
+    finally:
+        for runner in runners.values():
+            runner.close()
+    queries = read_queries(ds.queries)
+    size = f"{queries[0].camera.width}x{queries[0].camera.height}"
+    rows = []
+    for name, runner in runners.items():
+        first = passes[name][0]
+        row = summarize(ds, name, len(first), {n: pose for n, pose, _ in first if pose is not None},
+                        [t for run in passes[name] for _, _, t in run], runner.build_s,
+                        read_manifest(runner.map_dir).counts.images, size)
+        if http and name in PRESETS:
+            row["http"] = float(np.median(over_http(runner.map_dir, name, ds, repeat)))
+        rows.append(row)
+    return rows
 
 
 def map_for(ds, preset, work: Path) -> tuple[Path, float]:
@@ -112,16 +175,6 @@ def map_for(ds, preset, work: Path) -> tuple[Path, float]:
     t = time.perf_counter()
     build_map(ds.images, map_dir, preset, reference=ds.ref_model)
     return map_dir, time.perf_counter() - t
-
-
-def in_process(map_dir: Path, preset, ds, repeat: int) -> tuple[list, list]:
-    from vloc.localization.localizer import Localizer
-
-    localizer = Localizer.load(map_dir, preset)
-    queries = read_queries(ds.queries)
-    localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
-    runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
-    return runs[0], [r for run in runs for r in run]
 
 
 def over_http(map_dir: Path, preset_name: str, ds, repeat: int) -> list[float]:
@@ -164,18 +217,6 @@ def summarize(ds, preset: str, n: int, poses: dict, timed: list[dict], build_s: 
     for label, q in (("median", 50), ("p90", 90)):
         row[label] = {s: float(np.percentile([t.get(s, 0.0) for t in timed], q)) for s in STAGES}
         row[label]["total"] = float(np.percentile([sum(t.values()) for t in timed], q))
-    return row
-
-
-def measure(root: Path, preset, work: Path, repeat: int, http: bool) -> dict:
-    ds = open_prepared(root)
-    map_dir, build_s = map_for(ds, preset, work)
-    results, timed = in_process(map_dir, preset, ds, repeat)
-    size = f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else ""
-    row = summarize(ds, preset.name, len(results), {r.name: r.cam_from_world for r in results if r.success},
-                    [r.timings for r in timed], build_s, read_manifest(map_dir).counts.images, size)
-    if http and preset.name in PRESETS:
-        row["http"] = float(np.median(over_http(map_dir, preset.name, ds, repeat)))
     return row
 
 
@@ -225,10 +266,8 @@ def main() -> None:
         work = args.work or Path(tmp)
         for name in args.sets:
             root = set_root(name, args.data, work)
-            for preset in presets:
-                rows.append(measure_baseline(root, args.baseline, work, args.repeat) if preset == "before"
-                            else measure(root, preset, work, args.repeat, args.http))
-                print_table(rows[-1:], args.repeat)
+            rows += measure_set(root, presets, work, args.repeat, args.baseline, args.http)
+            print_table(rows[-len(presets):], args.repeat)
     print_table(rows, args.repeat)
     if args.work is None:  # the baseline worktree went with the temporary folder
         subprocess.run(["git", "worktree", "prune"], cwd=Path(__file__).resolve().parent.parent, check=False)

@@ -1,4 +1,14 @@
-"""Image reading with clear errors, and EXIF focal lengths."""
+"""Image reading with clear errors, and EXIF focal lengths.
+
+Every image, map or query, is decoded by :func:`read_image` to 8 bits: 16-bit grey and colour
+images (PNG, TIFF: what Mono16 industrial and robot cameras write) are scaled by 255 / 65535, never
+clipped; palette, grey + alpha, RGBA and CMYK images are converted to RGB (alpha dropped).
+
+EXIF orientation is not applied, to map and query images alike, as COLMAP does: pixels are used
+as stored, which is the layout the sensor's intrinsics describe. An image whose orientation tag
+says it is displayed rotated or mirrored gets a warning (its pixels are not the way a viewer
+shows it, and intrinsics given for the displayed orientation would not fit).
+"""
 from __future__ import annotations
 
 import logging
@@ -34,14 +44,41 @@ def read_image(path: Path | str | BinaryIO, grayscale: bool = False, name: str |
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: a truncated file fails here
-            im = im.convert("L" if grayscale else "RGB")
-            array = np.asarray(im)
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            array = _to_uint8(im, grayscale, label)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         detail = exc if isinstance(path, Path) else type(exc).__name__  # a stream's repr says nothing
         raise ImageReadError(f"{label}: cannot read image ({detail})") from exc
     if array.size == 0:
         raise ImageReadError(f"{label}: image is empty")
+    if orientation != 1:
+        logger.warning("%s: EXIF orientation %s (displayed rotated or mirrored) is not applied: vloc uses the "
+                       "pixels as stored, for map and query images alike; give intrinsics for that layout",
+                       label, orientation)
     return array
+
+
+EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_uint8(im: Image.Image, grayscale: bool, label) -> np.ndarray:
+    """A decoded PIL image -> ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8, deeper images scaled."""
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+        values = np.asarray(im)
+        if im.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise ImageReadError(f"{label}: 32-bit integer image with values outside 0..65535; "
+                                 "save it with 8 or 16 bits per channel")
+        grey = _scale16(values)
+        return grey if grayscale else np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        raise ImageReadError(f"{label}: floating-point image; save it with 8 or 16 bits per channel")
+    return np.asarray(im.convert("L" if grayscale else "RGB"))
+
+
+def _scale16(values: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255, rounded (x / 257: 0 and 65535 map to 0 and 255, 257 k to k exactly)."""
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def to_grayscale(image: np.ndarray) -> np.ndarray:
