@@ -102,3 +102,24 @@ def test_map_adapt_keeps_the_layer(layered_map, kitti, tmp_path):
     query = read_queries(kitti.queries)[0]
     result = Localizer.load(map_dir, ALWAYS).localize(kitti.images / query.name, query.camera)
     assert result.success and result.layer == "xfeat", result.reason
+
+
+def test_layers_that_disagree_fail_as_ambiguous(layered_map, kitti):
+    """The layer's pose turned by 10 degrees: both layers localized, so neither pose is taken."""
+    localizer = Localizer.load(layered_map, ALWAYS)
+    query = read_queries(kitti.queries)[0]
+    agreeing = localizer.localize(kitti.images / query.name, query.camera)
+    assert agreeing.success and agreeing.layer == "xfeat"
+    localize_on_layer = localizer.fallback.localize
+
+    def turned(*args, **kwargs):
+        res = localize_on_layer(*args, **kwargs)
+        res.cam_from_world = pycolmap.Rigid3d(
+            pycolmap.Rotation3d(np.array([0.0, np.deg2rad(10), 0.0])) * res.cam_from_world.rotation,
+            res.cam_from_world.translation)
+        return res
+
+    localizer.fallback.localize = turned  # a test double for one layer of this instance
+    res = localizer.localize(kitti.images / query.name, query.camera)
+    assert not res.success and res.cam_from_world is None
+    assert "ambiguous" in res.reason and "differ by 10.0 deg" in res.reason

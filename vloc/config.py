@@ -39,6 +39,10 @@ class MatcherConf:
     # AMX; the ratio test then uses float32 distances of the best candidates), or "auto": bfloat16
     # on such CPUs, float32 elsewhere (where bfloat16 is emulated, and slower).
     precision: str = "auto"
+    # mnn, map builds from known poses only: compare only keypoints within this many pixels (Sampson
+    # distance) of each other's epipolar lines (guided matching: the ratio test then runs among
+    # geometrically possible candidates; 0 = off). Queries have no known pose and ignore it.
+    epipolar_px: float = 0.0
     features: str = ""  # lightglue: whose weights ("aliked", "disk"; "xfeat" = LighterGlue)
     # lightglue: None keeps the value the weights were released with (kornia's configuration).
     depth_confidence: float | None = None  # early stopping; -1 disables it
@@ -112,6 +116,9 @@ class PoseConf:
     min_inliers: int = 20
     min_inlier_ratio: float = 0.1
     refine_focal_when_unknown: bool = True
+    # the query's ratio test against the map's points (RANSAC rejects what a looser test lets
+    # through); 0 = the matcher's own ratio, which map images were matched with
+    match_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,9 @@ class FallbackConf:
 
     preset: str = ""
     below_inliers: int = 100
+    # both layers localized the query but their rotations differ by more than this: the evidence
+    # is ambiguous (a symmetric object, a shallow scene seen from afar), so the query fails
+    max_disagreement_deg: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,11 @@ class Preset:
         """The map's feature configuration with the query keypoint budget."""
         return dataclasses.replace(self.features, max_keypoints=self.pose.max_keypoints)
 
+    @property
+    def query_matcher(self) -> MatcherConf:
+        """The matcher the query meets the map's points with (``pose.match_ratio`` when set)."""
+        return dataclasses.replace(self.matcher, ratio=self.pose.match_ratio) if self.pose.match_ratio else self.matcher
+
 
 PRESETS: dict[str, Preset] = {
     "sift": Preset(name="sift"),
@@ -213,8 +228,13 @@ PRESETS: dict[str, Preset] = {
         pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
     # Best accuracy: SIFT where it is well supported (its keypoints are the more precise: on the
     # exact-GT demo 0.09 cm vs ALIKED's 0.21 cm), the "aliked" layer where SIFT fails or finds fewer
-    # than 100 inliers (lund 9/9 instead of 7/9). docs/benchmarks.md has the measurements.
-    "accurate": Preset(name="accurate", fallback=FallbackConf(preset="aliked", below_inliers=100)),
+    # than 100 inliers (lund 9/9 instead of 7/9). For hard queries (issue 13, temple): map pairs
+    # with known poses matched along their epipolar lines, the query's ratio test at 0.9, RANSAC at
+    # 4 px (at 8 px a camera orbited 11-16 deg around a small, far object still fits), and a query
+    # whose two layers disagree fails. docs/benchmarks.md has the measurements.
+    "accurate": Preset(name="accurate", matcher=MatcherConf(epipolar_px=4.0),
+                       pose=PoseConf(max_error_px=4.0, match_ratio=0.9),
+                       fallback=FallbackConf(preset="aliked", below_inliers=100)),
 }
 DEFAULT_PRESET = "sift"
 

@@ -14,10 +14,14 @@ def thresholds_for(meta: dict, thresholds: tuple[tuple[float, float], ...] = DEF
     """Translation thresholds in the set's units, the label of the unit they are quoted in, and
     that unit's length in the set's units (divide a translation error by it to quote it).
 
-    Metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
+    Sets whose ``meta["eval_thresholds"]`` is ``"relative"`` read the values as percent of the
+    mean distance from the map cameras to their centroid (``%``). Metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
     *relative* thresholds: the metre values are read as multiples of the median distance between
     consecutive map cameras (``meta["scene_scale"]``), so 0.25 means a quarter of a camera step.
     """
+    if meta.get("eval_thresholds") == "relative":  # e.g. temple: % of the map's mean camera-to-centroid distance
+        percent = float(meta["scene_scale"]["mean_map_centre_to_centroid_distance"]) / 100
+        return tuple((t * percent, r) for t, r in thresholds), "%", percent
     if meta.get("units") == "metres":
         return thresholds, "m", 1.0
     step = float(meta["scene_scale"]["median_consecutive_map_centre_distance"])

@@ -31,7 +31,7 @@ class Layer:
         self.directory = Path(directory)
         self.retriever = ImageRetriever(self.store, self.store.read_index())
         self.extractor = make_extractor(self.preset.query_features)
-        self.matching = make_matching(make_matcher(self.preset.matcher), self.store)
+        self.matching = make_matching(make_matcher(self.preset.query_matcher), self.store)
         self.global_conf = global_conf_in_map(self.preset.global_desc, self.directory)
 
     @classmethod

@@ -15,6 +15,7 @@ strategies of :mod:`vloc.localization.matching`, and the map's lazy
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
@@ -141,7 +142,8 @@ class Localizer:
                          prior: Prior | None) -> LocalizationResult:
         """Localize on the map's own layer; when that fails or finds fewer inliers than
         ``preset.fallback.below_inliers``, again on the fallback layer, whose result wins if it
-        succeeds. The global descriptor runs beside the first layer's local features (torch and
+        succeeds; when both succeed with rotations more than ``fallback.max_disagreement_deg``
+        apart, the query fails as ambiguous (neither pose is supported over the other). The global descriptor runs beside the first layer's local features (torch and
         OpenCV release the GIL) and is reused by a layer with the same global model."""
         raw = {self.layer.global_conf: self._pool.submit(self._global_models[self.layer.global_conf], image)}
         res = self.layer.localize(image, camera, source, name, raw[self.layer.global_conf], prior)
@@ -151,9 +153,15 @@ class Localizer:
         layer_raw = raw[conf] if conf in raw else self._global_models[conf](image)
         again = self.fallback.localize(image, camera, source, name, layer_raw, prior)
         chosen = again if again.success else res
+        if res.success and again.success:
+            apart = float(np.rad2deg((res.cam_from_world.rotation * again.cam_from_world.rotation.inverse()).angle()))
+            if apart > self.preset.fallback.max_disagreement_deg:
+                chosen = dataclasses.replace(again, success=False, cam_from_world=None, covariance=None, reason=(
+                    f"ambiguous: {res.layer} ({res.num_inliers} inliers) and {again.layer} ({again.num_inliers} "
+                    f"inliers) poses differ by {apart:.1f} deg (> {self.preset.fallback.max_disagreement_deg:g})"))
         chosen.timings = {k: res.timings.get(k, 0.0) + again.timings.get(k, 0.0)
                           for k in dict.fromkeys([*res.timings, *again.timings])}
-        if not chosen.success:
+        if not res.success and not again.success:
             chosen.reason = f"{res.layer}: {res.reason}; {again.layer}: {again.reason}"
         logger.debug("%s: %s gave %d inliers, fallback %s %d; kept %s", name, res.layer, res.num_inliers,
                      again.layer, again.num_inliers, chosen.layer)

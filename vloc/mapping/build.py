@@ -37,7 +37,7 @@ from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
-from vloc.mapping.match import match_stage, pairs_stage, read_whitening
+from vloc.mapping.match import guided_views, match_stage, pairs_stage, read_whitening
 from vloc.mapping.reconstruct import (
     MAPPERS,
     RECONSTRUCTION,
@@ -170,14 +170,16 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         pairs.complete()
     t = lap(seconds, "pairs", t)
 
+    ref = pycolmap.Reconstruction(str(plan.reference)) if plan.reference is not None else None
+    views = guided_views(preset.matcher, ref)
+    guided = {} if views is None else {"guided_by": reference_key(ref)}
     matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher),
-                                           "chunk": matching.CHUNK}, overwrite)
+                                           "chunk": matching.CHUNK, **guided}, overwrite)
     if not matches.done:
-        match_stage(matches, pairs.directory, extract.directory, preset.matcher, executor)
+        match_stage(matches, pairs.directory, extract.directory, preset.matcher, executor, views)
         matches.complete()
     t = lap(seconds, "match", t)
 
-    ref = pycolmap.Reconstruction(str(plan.reference)) if plan.reference is not None else None
     if ref is not None:
         database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
                                                  "reference": reference_key(ref)}, overwrite)

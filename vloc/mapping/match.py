@@ -5,7 +5,8 @@ WORK/pairs/stage.json        configuration (extraction's, pair selection's, the 
 WORK/pairs/images.txt        the readable map images, one per line: image i is line i
 WORK/pairs/pairs.txt         "name1 name2" per pair (hloc's format), i < j in images.txt order
 WORK/pairs/whitening.npz     PCA whitening learned on these images' global descriptors
-WORK/matches/stage.json      configuration (the pairs stage's, the matcher's)
+WORK/matches/stage.json      configuration (the pairs stage's, the matcher's; for guided matching
+                             the reference poses')
 WORK/matches/chunk-K.npz     counts (P,) int64, matches (sum of counts, 2) uint32: the raw matches
                              (keypoint indices) of pairs K*CHUNK ... K*CHUNK + P - 1, in order
 ```
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pycolmap
 from tqdm import tqdm
 
 from vloc.config import MatcherConf, PairsConf
@@ -69,8 +71,31 @@ def read_whitening(stage_dir: Path) -> Whitening:
 
 
 @dataclass(frozen=True)
+class KnownView:
+    """An image's camera and pose for guided matching, in plain values (tasks cross processes)."""
+
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+    cam_from_world: tuple[tuple[float, ...], ...]  # (3, 4)
+
+    @classmethod
+    def of(cls, camera: pycolmap.Camera, cam_from_world: pycolmap.Rigid3d) -> "KnownView":
+        return cls(camera.model.name, camera.width, camera.height, tuple(map(float, camera.params)),
+                   tuple(tuple(map(float, row)) for row in cam_from_world.matrix()))
+
+    def camera(self) -> pycolmap.Camera:
+        return pycolmap.Camera(model=self.model, width=self.width, height=self.height, params=list(self.params))
+
+    def pose(self) -> pycolmap.Rigid3d:
+        return pycolmap.Rigid3d(np.asarray(self.cam_from_world))
+
+
+@dataclass(frozen=True)
 class MatchChunk:
-    """One task: match ``pairs`` (indices into ``names``) and write chunk ``index`` to ``out``."""
+    """One task: match ``pairs`` (indices into ``names``) and write chunk ``index`` to ``out``;
+    with ``views`` (one per name), guided by the known poses (``matcher.epipolar_px``)."""
 
     matcher: MatcherConf
     extract_dir: Path
@@ -78,6 +103,7 @@ class MatchChunk:
     index: int
     names: tuple[str, ...]
     pairs: tuple[tuple[int, int], ...]
+    views: tuple[KnownView, ...] | None = None
 
 
 def chunk_path(stage_dir: Path, index: int) -> Path:
@@ -99,8 +125,7 @@ def _feature_cache(extract_dir: Path) -> LruFeatures:
 def match_chunk(task: MatchChunk) -> tuple[int, int]:
     """Match and write one chunk; returns (pairs, matches)."""
     matcher, features = _matcher(task.matcher), _feature_cache(task.extract_dir)
-    found = [np.asarray(matcher(features(task.names[i]), features(task.names[j])), np.uint32).reshape(-1, 2)
-             for i, j in task.pairs]
+    found = [np.asarray(_match_pair(task, matcher, features, i, j), np.uint32).reshape(-1, 2) for i, j in task.pairs]
     with atomic_path(chunk_path(task.out, task.index)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, counts=np.array([len(m) for m in found], np.int64),
@@ -108,7 +133,32 @@ def match_chunk(task: MatchChunk) -> tuple[int, int]:
     return len(found), sum(len(m) for m in found)
 
 
-def match_stage(stage: Stage, pairs_dir: Path, extract_dir: Path, conf: MatcherConf, executor: Executor) -> None:
+def _match_pair(task: MatchChunk, matcher, features: LruFeatures, i: int, j: int) -> np.ndarray:
+    f0, f1 = features(task.names[i]), features(task.names[j])
+    if task.views is None:
+        return matcher(f0, f1)
+    from vloc.matching.verify import epipolar_mask
+
+    v0, v1 = task.views[i], task.views[j]
+    allowed = epipolar_mask(f0.keypoints, f1.keypoints, v0.camera(), v1.camera(), v0.pose(), v1.pose(),
+                            task.matcher.epipolar_px)
+    return matcher.match_descriptors(f0.descriptors, f1.descriptors, allowed)
+
+
+def guided_views(conf: MatcherConf, reference: pycolmap.Reconstruction | None) -> dict[str, KnownView] | None:
+    """The reference's views by name when ``conf`` asks for guided matching and poses are known
+    (None otherwise: matching is unguided); refused for a matcher that cannot be guided."""
+    if conf.epipolar_px <= 0 or reference is None:
+        return None
+    if conf.name != "mnn":
+        raise ValueError(f"matcher {conf.name!r} cannot be guided by known poses: epipolar_px is for 'mnn' only")
+    return {im.name: KnownView.of(reference.cameras[im.camera_id], im.cam_from_world())
+            for im in reference.images.values() if im.has_pose}
+
+
+def match_stage(stage: Stage, pairs_dir: Path, extract_dir: Path, conf: MatcherConf, executor: Executor,
+                views: dict[str, KnownView] | None = None) -> None:
+    """Match every pair of ``pairs_dir``; guided by ``views`` (:func:`guided_views`) when given."""
     names, pairs = read_pairs(pairs_dir)
     num_chunks = (len(pairs) + CHUNK - 1) // CHUNK
     todo = [k for k in range(num_chunks) if not chunk_path(stage.directory, k).is_file()]
@@ -122,7 +172,8 @@ def match_stage(stage: Stage, pairs_dir: Path, extract_dir: Path, conf: MatcherC
         used = sorted({i for pair in block for i in pair})
         local = {i: n for n, i in enumerate(used)}
         tasks.append(MatchChunk(conf, Path(extract_dir), stage.directory, k, tuple(names[i] for i in used),
-                                tuple((local[i], local[j]) for i, j in block)))
+                                tuple((local[i], local[j]) for i, j in block),
+                                None if views is None else tuple(views[names[i]] for i in used)))
     with tqdm(total=sum(len(t.pairs) for t in tasks), desc="match", unit="pair") as bar:
         for num_pairs, _ in executor.map(match_chunk, tasks):
             bar.update(num_pairs)

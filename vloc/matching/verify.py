@@ -28,19 +28,39 @@ def verify_known_poses(
     essential = geometry.E
     if len(matches) == 0:
         return geometry
-    x1 = camera1.cam_from_img(kp1[matches[:, 0]].astype(np.float64))
-    x2 = camera2.cam_from_img(kp2[matches[:, 1]].astype(np.float64))
-    x1h = np.hstack([x1, np.ones((len(x1), 1))])
-    x2h = np.hstack([x2, np.ones((len(x2), 1))])
-    ex1 = x1h @ essential.T
-    etx2 = x2h @ essential
-    num = np.sum(x2h * ex1, axis=1) ** 2
-    den = ex1[:, 0] ** 2 + ex1[:, 1] ** 2 + etx2[:, 0] ** 2 + etx2[:, 1] ** 2
-    sampson = num / np.maximum(den, 1e-20)
-    focal = 0.5 * (camera1.mean_focal_length() + camera2.mean_focal_length())
-    keep = np.sqrt(sampson) * focal <= conf.max_error_px
+    err = sampson_px(kp1[matches[:, 0]], kp2[matches[:, 1]], camera1, camera2, essential, pairwise=False)
+    keep = err <= conf.max_error_px
     geometry.inlier_matches = np.ascontiguousarray(matches[keep], dtype=np.uint32)
     return geometry
+
+
+def sampson_px(kp1: np.ndarray, kp2: np.ndarray, camera1: pycolmap.Camera, camera2: pycolmap.Camera,
+               essential: np.ndarray, pairwise: bool) -> np.ndarray:
+    """Sampson distances in pixels (mean focal length) of keypoints ``kp1`` ``(N, 2)`` and ``kp2``
+    (COLMAP pixel convention) under ``essential`` (``x2^T E x1 = 0``): ``(N,)`` for the rows
+    paired up (``kp2`` is ``(N, 2)``), or ``(N, M)`` for every pair when ``pairwise``."""
+    x1 = np.hstack([camera1.cam_from_img(kp1.astype(np.float64)), np.ones((len(kp1), 1))])
+    x2 = np.hstack([camera2.cam_from_img(kp2.astype(np.float64)), np.ones((len(kp2), 1))])
+    ex1 = x1 @ essential.T  # (N, 3): epipolar lines in image 2
+    etx2 = x2 @ essential  # (M, 3): epipolar lines in image 1
+    if pairwise:  # (N, M): float32, a few ms at 4,096 x 4,096
+        ex1, x2, etx2 = ex1.astype(np.float32), x2.astype(np.float32), etx2.astype(np.float32)
+        num = (ex1 @ x2.T) ** 2
+        den = (ex1[:, 0] ** 2 + ex1[:, 1] ** 2)[:, None] + (etx2[:, 0] ** 2 + etx2[:, 1] ** 2)[None]
+    else:
+        num = np.sum(x2 * ex1, axis=1) ** 2
+        den = ex1[:, 0] ** 2 + ex1[:, 1] ** 2 + etx2[:, 0] ** 2 + etx2[:, 1] ** 2
+    focal = 0.5 * (camera1.mean_focal_length() + camera2.mean_focal_length())
+    return np.sqrt(num / np.maximum(den, 1e-20)) * focal
+
+
+def epipolar_mask(kp1: np.ndarray, kp2: np.ndarray, camera1: pycolmap.Camera, camera2: pycolmap.Camera,
+                  cam1_from_world: pycolmap.Rigid3d, cam2_from_world: pycolmap.Rigid3d,
+                  max_px: float) -> np.ndarray:
+    """``(N, M)`` bool: which keypoint pairs of two images with known poses are within ``max_px``
+    (Sampson distance) of each other's epipolar lines: the candidates of guided matching."""
+    essential = known_pose_geometry(np.zeros((0, 2), np.uint32), cam1_from_world, cam2_from_world).E
+    return sampson_px(kp1, kp2, camera1, camera2, essential, pairwise=True) <= max_px
 
 
 def known_pose_geometry(inliers: np.ndarray, cam1_from_world: pycolmap.Rigid3d,
