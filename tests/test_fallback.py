@@ -3,6 +3,7 @@ failed queries are localized again on it. The layer here is "xfeat" (XFeat, seco
 the "accurate" preset uses the same code with an ALIKED + LightGlue layer."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -83,7 +84,10 @@ def test_bad_fallback_names_fail_before_any_work(kitti, tmp_path):
 
 def test_accurate_is_sift_with_an_aliked_lightglue_layer():
     accurate, layer = get_preset("accurate"), fallback_preset(get_preset("accurate"))
-    assert accurate.features == get_preset("sift").features and accurate.matcher == get_preset("sift").matcher
+    sift = get_preset("sift")
+    assert accurate.features == sift.features  # SIFT maps' features: the same extraction
+    # map pairs matched along their epipolar lines (issue 13), otherwise sift's matcher
+    assert dataclasses.replace(accurate.matcher, epipolar_px=0.0) == sift.matcher and accurate.matcher.epipolar_px > 0
     assert layer is get_preset("aliked") and layer.matcher.name == "lightglue"
 
 
