@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vloc.config import PRESETS, get_preset
-from vloc.evaluation.metrics import evaluate, thresholds_for
+from vloc.evaluation.metrics import evaluate, in_percent, thresholds_for
 from vloc.evaluation.timing import set_root
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
@@ -52,7 +52,7 @@ def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
     runs = [[localizer.localize(ds.images / q.name, q.camera) for q in queries] for _ in range(repeat)]
     results = runs[0]
-    recall_at = RECALL_AT_RELATIVE if ds.meta.get("eval_thresholds") == "relative" else RECALL_AT
+    recall_at = RECALL_AT_RELATIVE if in_percent(ds.meta) else RECALL_AT
     thresholds, unit, unit_length = thresholds_for(ds.meta, recall_at)
     summary = evaluate({r.name: r.cam_from_world for r in results if r.success}, read_poses(ds.gt), thresholds)
     (t_max, r_max) = thresholds[-1]

@@ -144,6 +144,10 @@ def test_relative_thresholds_for_sfm_gauge_sets():
     assert thresholds_for(metric, ((0.25, 2.0),)) == (((0.25, 2.0),), "m", 1.0)
     gauge = {"units": "arbitrary (SfM gauge)", "scene_scale": {"median_consecutive_map_centre_distance": 8.0}}
     assert thresholds_for(gauge, ((0.25, 2.0), (0.5, 5.0))) == (((2.0, 2.0), (4.0, 5.0)), "steps", 8.0)
+    assert thresholds_for({**gauge, "eval_thresholds": "relative"}, ((0.25, 2.0),))[1] == "steps"
+    small_object = {"units": "metres (object ~0.1 m)", "eval_thresholds": "relative",
+                    "scene_scale": {"mean_map_centre_to_centroid_distance": 0.5}}
+    assert thresholds_for(small_object, ((2.0, 2.0), (5.0, 5.0))) == (((0.01, 2.0), (0.025, 5.0)), "%", 0.005)
 
 
 def test_atomic_writes_keep_the_old_file_when_the_write_fails(tmp_path):

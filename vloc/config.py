@@ -127,14 +127,16 @@ class FallbackConf:
 
     ``preset`` names another preset; its layer is triangulated into the same map from this map's
     camera poses (``MAP/fallback/``, a map directory of its own). A query whose result here fails
-    or has fewer than ``below_inliers`` inliers is localized again on the layer, and the layer's
-    result replaces it when that succeeds. An empty ``preset`` means no layer.
+    or has fewer than ``below_inliers`` inliers is localized again on the layer; which result is
+    kept: :func:`vloc.localization.localizer.choose_layer_result`. An empty ``preset`` means no layer.
     """
 
     preset: str = ""
     below_inliers: int = 100
-    # both layers localized the query but their rotations differ by more than this: the evidence
-    # is ambiguous (a symmetric object, a shallow scene seen from afar), so the query fails
+    # both layers localized the query, their rotations differ by more than this, and the layer's pose
+    # has >= below_inliers inliers: the evidence is ambiguous (a symmetric object, a shallow scene
+    # seen from afar), so the query fails; with fewer, the map layer's pose stands. When they agree,
+    # the pose with more inliers is kept.
     max_disagreement_deg: float = 5.0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,6 +44,26 @@ QUERIES = (
     (5.50, 1.20, 1.65, 80.0, -15.0, -3.0, 500.0),
     (6.30, 1.30, 1.40, 112.0, -9.0, 0.0, 450.0),
 )
+# The hard variants' queries (issue 13): looking down steeply (45-50 deg from every map camera's
+# optical axis; the map cameras look across the room at pitch -12 +- 3 deg), each also turned
+# upside down (roll 180 deg), and one looking at the wall behind the map cameras, which no map
+# image sees (a query that must be refused).
+HARD_QUERIES = (
+    (2.10, 2.00, 2.20, 92.0, -60.0, 0.0, 500.0),
+    (2.10, 2.00, 2.20, 92.0, -60.0, 180.0, 500.0),
+    (3.90, 2.10, 2.10, 84.0, -58.0, 0.0, 500.0),
+    (3.90, 2.10, 2.10, 84.0, -58.0, 180.0, 500.0),
+)
+UNSEEN_QUERY = (4.00, 3.00, 1.50, -90.0, -5.0, 0.0, 500.0)
+LOW_TEXTURE_CONTRAST = 0.25  # the low-texture variant: the texture's deviation from its mean, scaled
+
+
+class SceneVariant(StrEnum):
+    STANDARD = "standard"  # QUERIES, full texture
+    HARD = "hard"  # HARD_QUERIES + UNSEEN_QUERY, full texture
+    HARD_LOW_TEXTURE = "hard-low-texture"  # HARD_QUERIES at LOW_TEXTURE_CONTRAST
+
+
 LIGHT = np.array([0.35, 0.55, 0.76]) / np.linalg.norm([0.35, 0.55, 0.76])
 BACKGROUND = 0.5  # grey for rays that miss (none do inside the closed room)
 SUPERSAMPLE = 2
@@ -136,7 +157,8 @@ def _texture(u: np.ndarray, v: np.ndarray, surface: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def shade_hits(points: np.ndarray, normals: np.ndarray, geometry_ids: np.ndarray) -> np.ndarray:
+def shade_hits(points: np.ndarray, normals: np.ndarray, geometry_ids: np.ndarray,
+               contrast: float = 1.0) -> np.ndarray:
     """Colour (float32 RGB in [0, 1]) of hit points from their position, surface normal and geometry
     id; independent of the viewpoint. Surfaces are axis-aligned: the in-plane coordinates drop the
     normal's axis, so float noise in the hit point across the plane cannot flip the texture."""
@@ -147,7 +169,10 @@ def shade_hits(points: np.ndarray, normals: np.ndarray, geometry_ids: np.ndarray
     u = np.where(axis == 0, p[:, 1], p[:, 0])  # (y, z), (x, z) or (x, y)
     v = np.where(axis == 2, p[:, 1], p[:, 2])
     light = (0.6 + 0.4 * np.abs(normals @ LIGHT)).astype(np.float32)
-    return _texture(u, v, surface) * light[:, None]
+    rgb = _texture(u, v, surface)
+    if contrast != 1.0:  # about the texture's mean grey level (0.5): weaker texture, same layout
+        rgb = np.float32(0.5) + np.float32(contrast) * (rgb - np.float32(0.5))
+    return rgb * light[:, None]
 
 
 def build_scene() -> RaycastingScene:
@@ -184,7 +209,7 @@ def cast(scene: RaycastingScene, K: np.ndarray, R_wc: np.ndarray, center: np.nda
 
 
 def render(scene: RaycastingScene, K: np.ndarray, R_wc: np.ndarray, center: np.ndarray,
-           width: int, height: int) -> np.ndarray:
+           width: int, height: int, contrast: float = 1.0) -> np.ndarray:
     """(height, width, 3) uint8 image, each pixel the mean of SUPERSAMPLE^2 sub-pixel rays."""
     ss = SUPERSAMPLE
     u = (np.arange(width * ss) + 0.5) / ss  # sub-pixel centres: col + 0.25, col + 0.75 for ss = 2
@@ -193,14 +218,18 @@ def render(scene: RaycastingScene, K: np.ndarray, R_wc: np.ndarray, center: np.n
     rgb = np.full((len(res["hit"]), 3), BACKGROUND, np.float32)
     for start in range(0, len(rgb), CHUNK):  # cache-sized chunks: about twice as fast as one pass
         p, n, g, h = (res[k][start:start + CHUNK] for k in ("points", "normals", "geometry_ids", "hit"))
-        rgb[start:start + CHUNK][h] = shade_hits(p[h], n[h], g[h])
+        rgb[start:start + CHUNK][h] = shade_hits(p[h], n[h], g[h], contrast)
     sub = rgb.reshape(height, ss, width, ss, 3)
     img = sum(sub[:, i, :, j] for i in range(ss) for j in range(ss)) / np.float32(ss * ss)
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def demo_cameras(width: int = 640, height: int = 480) -> list[dict]:
-    """All cameras: ``name``, ``K``, ``R_wc`` (world_from_cam), ``center``, ``is_query``."""
+def demo_cameras(width: int = 640, height: int = 480, variant: SceneVariant | str = SceneVariant.STANDARD,
+                 ) -> list[dict]:
+    """All cameras: ``name``, ``K``, ``R_wc`` (world_from_cam), ``center``, ``is_query`` (queries also
+    ``unseen``: looking at what no map image sees). Every variant has the same map cameras; the
+    queries are the variant's."""
+    variant = SceneVariant(variant)
     rng = np.random.default_rng(20240607)
     scale = width / BASE_WIDTH
     cams = []
@@ -217,8 +246,13 @@ def demo_cameras(width: int = 640, height: int = 480) -> list[dict]:
         pose = (1.2 + 5.6 * k / (n_map - 1) + 0.05 * jitter[0], 1.0 + 0.08 * jitter[1], 1.55 + 0.05 * jitter[2],
                 90.0 + (-25.0, 0.0, 25.0)[k % 3] + 4.0 * jitter[3], -12.0 + 3.0 * jitter[4], 0.0)
         add(f"map_{k:03d}", pose, MAP_FOCAL, False)
-    for k, (*pose, focal) in enumerate(QUERIES):
+    if variant is SceneVariant.STANDARD:
+        queries = QUERIES
+    else:
+        queries = HARD_QUERIES + ((UNSEEN_QUERY,) if variant is SceneVariant.HARD else ())
+    for k, (*pose, focal) in enumerate(queries):
         add(f"query_{k:03d}", tuple(pose), focal, True)
+        cams[-1]["unseen"] = (*pose, focal) == UNSEEN_QUERY
     return cams
 
 
@@ -234,9 +268,13 @@ def _camera_str(cam: dict, width: int, height: int) -> str:
     return f"PINHOLE {width} {height} " + " ".join(f"{K[i, j]:.17g}" for i, j in ((0, 0), (1, 1), (0, 2), (1, 2)))
 
 
-def render_demo_scene(out: Path, width: int = 640, height: int = 480) -> Path:
+def render_demo_scene(out: Path, width: int = 640, height: int = 480,
+                      variant: SceneVariant | str = SceneVariant.STANDARD) -> Path:
     """Render the demo scene into the prepared layout at ``out`` (replacing the demo's own files
-    there: images/, ref_model/, queries.txt, gt_queries.txt, meta.json) and return ``out``."""
+    there: images/, ref_model/, queries.txt, gt_queries.txt, meta.json) and return ``out``.
+    ``variant``: :class:`SceneVariant` (the hard ones for issue 13's tests)."""
+    variant = SceneVariant(variant)
+    contrast = LOW_TEXTURE_CONTRAST if variant is SceneVariant.HARD_LOW_TEXTURE else 1.0
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
@@ -248,10 +286,10 @@ def render_demo_scene(out: Path, width: int = 640, height: int = 480) -> Path:
         shutil.rmtree(out / sub, ignore_errors=True)
         (out / sub).mkdir()
     scene = build_scene()
-    cams = demo_cameras(width, height)
+    cams = demo_cameras(width, height, variant)
 
     def work(cam: dict) -> None:
-        img = render(scene, cam["K"], cam["R_wc"], cam["center"], width, height)
+        img = render(scene, cam["K"], cam["R_wc"], cam["center"], width, height, contrast)
         Image.fromarray(img).save(out / "images" / f"{cam['name']}.png")
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # numpy and open3d release the GIL
@@ -268,7 +306,9 @@ def render_demo_scene(out: Path, width: int = 640, height: int = 480) -> Path:
     (out / "queries.txt").write_text("".join(f"{c['name']}.png {_camera_str(c, width, height)}\n" for c in queries))
     (out / "gt_queries.txt").write_text("".join(f"{c['name']}.png {_pose_str(c)}\n" for c in queries))
     (out / "meta.json").write_text(json.dumps({
-        "name": "demo", "units": "metres", "generator": "vloc.demo.scene",
+        "name": "demo" if variant is SceneVariant.STANDARD else f"demo-{variant}", "units": "metres",
+        "generator": "vloc.demo.scene", "variant": str(variant),
+        "unseen_queries": [f"{c['name']}.png" for c in queries if c.get("unseen")],
         "description": f"Synthetic textured room {ROOM[0]:g} x {ROOM[1]:g} x {ROOM[2]:g} m (z up) with "
                        f"{len(BOXES)} boxes, raycast at {width}x{height}: {len(maps)} map images along the long "
                        f"axis with exact poses, {len(queries)} queries from other viewpoints with exact ground truth.",

@@ -9,17 +9,23 @@ import pycolmap
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
 
+def in_percent(meta: dict) -> bool:
+    """A metric set whose errors are quoted relative to its size (temple: a small object): %."""
+    return meta.get("eval_thresholds") == "relative" and str(meta.get("units", "")).startswith("metres")
+
+
 def thresholds_for(meta: dict, thresholds: tuple[tuple[float, float], ...] = DEFAULT_THRESHOLDS,
                    ) -> tuple[tuple[tuple[float, float], ...], str, float]:
     """Translation thresholds in the set's units, the label of the unit they are quoted in, and
     that unit's length in the set's units (divide a translation error by it to quote it).
 
-    Sets whose ``meta["eval_thresholds"]`` is ``"relative"`` read the values as percent of the
-    mean distance from the map cameras to their centroid (``%``). Metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
+    Metric sets whose ``meta["eval_thresholds"]`` is ``"relative"`` (:func:`in_percent`) read the
+    values as percent of the mean distance from the map cameras to their centroid (``%``). Other
+    metric sets keep metres. Sets in an arbitrary SfM gauge (``meta["units"]`` not metres) get
     *relative* thresholds: the metre values are read as multiples of the median distance between
     consecutive map cameras (``meta["scene_scale"]``), so 0.25 means a quarter of a camera step.
     """
-    if meta.get("eval_thresholds") == "relative":  # e.g. temple: % of the map's mean camera-to-centroid distance
+    if in_percent(meta):  # temple: % of the map's mean camera-to-centroid distance
         percent = float(meta["scene_scale"]["mean_map_centre_to_centroid_distance"]) / 100
         return tuple((t * percent, r) for t, r in thresholds), "%", percent
     if meta.get("units") == "metres":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from vloc.config import GlobalConf, Preset, fallback_preset
+from vloc.config import FallbackConf, GlobalConf, Preset, fallback_preset
 from vloc.features import Features
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
@@ -141,9 +141,8 @@ class Localizer:
     def _localize_layers(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str,
                          prior: Prior | None) -> LocalizationResult:
         """Localize on the map's own layer; when that fails or finds fewer inliers than
-        ``preset.fallback.below_inliers``, again on the fallback layer, whose result wins if it
-        succeeds; when both succeed with rotations more than ``fallback.max_disagreement_deg``
-        apart, the query fails as ambiguous (neither pose is supported over the other). The global descriptor runs beside the first layer's local features (torch and
+        ``preset.fallback.below_inliers``, again on the fallback layer (:meth:`_choose` picks the
+        result; two strongly supported poses that disagree fail as ambiguous). The global descriptor runs beside the first layer's local features (torch and
         OpenCV release the GIL) and is reused by a layer with the same global model."""
         raw = {self.layer.global_conf: self._pool.submit(self._global_models[self.layer.global_conf], image)}
         res = self.layer.localize(image, camera, source, name, raw[self.layer.global_conf], prior)
@@ -152,13 +151,7 @@ class Localizer:
         conf = self.fallback.global_conf
         layer_raw = raw[conf] if conf in raw else self._global_models[conf](image)
         again = self.fallback.localize(image, camera, source, name, layer_raw, prior)
-        chosen = again if again.success else res
-        if res.success and again.success:
-            apart = float(np.rad2deg((res.cam_from_world.rotation * again.cam_from_world.rotation.inverse()).angle()))
-            if apart > self.preset.fallback.max_disagreement_deg:
-                chosen = dataclasses.replace(again, success=False, cam_from_world=None, covariance=None, reason=(
-                    f"ambiguous: {res.layer} ({res.num_inliers} inliers) and {again.layer} ({again.num_inliers} "
-                    f"inliers) poses differ by {apart:.1f} deg (> {self.preset.fallback.max_disagreement_deg:g})"))
+        chosen = choose_layer_result(res, again, self.preset.fallback)
         chosen.timings = {k: res.timings.get(k, 0.0) + again.timings.get(k, 0.0)
                           for k in dict.fromkeys([*res.timings, *again.timings])}
         if not res.success and not again.success:
@@ -166,6 +159,26 @@ class Localizer:
         logger.debug("%s: %s gave %d inliers, fallback %s %d; kept %s", name, res.layer, res.num_inliers,
                      again.layer, again.num_inliers, chosen.layer)
         return chosen
+
+
+def choose_layer_result(res: LocalizationResult, again: LocalizationResult,
+                        conf: FallbackConf) -> LocalizationResult:
+    """The map layer's result ``res`` (weak or failed) or the fallback layer's ``again``.
+
+    One succeeded: that one. Both, with rotations within ``conf.max_disagreement_deg``: the one
+    with more inliers. Both, apart: the fallback's pose is only a rival when it has the support
+    the map layer lacked (``conf.below_inliers``); then nothing supports one pose over the other
+    and the query fails as ambiguous, else the map layer's pose stands."""
+    if not (res.success and again.success):
+        return again if again.success else res
+    apart = float(np.rad2deg((res.cam_from_world.rotation * again.cam_from_world.rotation.inverse()).angle()))
+    if apart <= conf.max_disagreement_deg:
+        return again if again.num_inliers >= res.num_inliers else res
+    if again.num_inliers < conf.below_inliers:
+        return res
+    return dataclasses.replace(again, success=False, cam_from_world=None, covariance=None, reason=(
+        f"ambiguous: {res.layer} ({res.num_inliers} inliers) and {again.layer} ({again.num_inliers} "
+        f"inliers) poses differ by {apart:.1f} deg (> {conf.max_disagreement_deg:g})"))
 
 
 def _prepare(image: ImageInput, camera: pycolmap.Camera | dict | None,
