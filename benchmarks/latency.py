@@ -37,13 +37,12 @@ import pycolmap
 
 from vloc.config import PRESETS, get_preset
 from vloc.evaluation.metrics import evaluate, thresholds_for
-from vloc.evaluation.timing import set_root
+from vloc.evaluation.timing import STAGES, set_root, stage_percentiles
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.poses import read_poses
 from vloc.mapping.manifest import read_manifest
 
-STAGES = ("read", "global", "features", "match", "pose")
 # Issue 12's hloc SIFT + mutual NN per-query seconds and vloc `sift` then, on the issue's machine.
 HLOC_S = {"kitti": 0.634, "7scenes": 0.371}
 SIFT_THEN_S = {"kitti": 0.358, "7scenes": 0.272}
@@ -51,7 +50,8 @@ SIFT_THEN_S = {"kitti": 0.358, "7scenes": 0.272}
 
 BASELINE = "e162e4e"  # the last commit before issue 12's changes
 # Run by the baseline tree's Python (cwd and PYTHONPATH: the worktree), so it may only use the API
-# that code has: build the map once, localize every query REPEAT times after a warm-up, write JSON.
+# that code has: build the map unless it is there, warm up, then answer each line on stdin with one
+# pass over the queries as a JSON line after "@@ ".
 BASELINE_CHILD = """
 import json, sys, time
 from pathlib import Path
@@ -214,10 +214,7 @@ def summarize(ds, preset: str, n: int, poses: dict, timed: list[dict], build_s: 
     summary = evaluate(poses, read_poses(ds.gt), thresholds)
     row = dict(set=ds.name, preset=preset, n=n, ok=summary.localized, t_cm=100 * summary.median_t / unit_length,
                r=summary.median_r, build=build_s, img_min=60 * n_images / build_s, size=size, http=float("nan"))
-    for label, q in (("median", 50), ("p90", 90)):
-        row[label] = {s: float(np.percentile([t.get(s, 0.0) for t in timed], q)) for s in STAGES}
-        row[label]["total"] = float(np.percentile([sum(t.values()) for t in timed], q))
-    return row
+    return {**row, **stage_percentiles(timed)}
 
 
 def print_table(rows: list[dict], repeat: int) -> None:

@@ -25,14 +25,13 @@ import numpy as np
 
 from vloc.config import PRESETS, get_preset
 from vloc.evaluation.metrics import evaluate, in_percent, thresholds_for
-from vloc.evaluation.timing import set_root
+from vloc.evaluation.timing import STAGES, set_root, stage_percentiles
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.poses import read_poses
 from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
 
-STAGES = ("read", "global", "features", "match", "pose")
 RECALL_AT = ((0.25, 2.0), (0.5, 5.0))
 RECALL_AT_RELATIVE = ((2.0, 2.0), (5.0, 5.0))  # sets with relative thresholds (temple): % of the map's radius
 
@@ -62,10 +61,7 @@ def run_set(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
                r=summary.median_r, unit=unit, recalls=list(summary.recalls.values()), build=build_s,
                fallback=sum(r.success and r.layer != preset_name for r in results), wrong=wrong,
                size=f"{results[0].camera.width}x{results[0].camera.height}" if results[0].camera else "")
-    for label, q in (("median", 50), ("p90", 90)):
-        row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], q)) for s in STAGES}
-        row[label]["total"] = float(np.percentile([sum(r.timings.values()) for r in timed], q))
-    return row
+    return {**row, **stage_percentiles([r.timings for r in timed])}
 
 
 def print_table(rows: list[dict], repeat: int) -> None:

@@ -66,9 +66,8 @@ DELG_WEIGHTS = Path("/tmp/vloc-retrieval/delg-small/delg.pt")  # --delg-weights;
 def descriptors(delg: Path) -> dict[str, GlobalConf]:
     """label -> global descriptor configuration; one entry per model to compare (one index, one model)."""
     return {
-        "EfficientNet-Lite0 GeM": GlobalConf(),
+        "EfficientNet-Lite0 GeM 320 px": GlobalConf(),  # the default (448 px until issue 12)
         "EfficientNet-Lite0 GeM 448 px": GlobalConf(resize_max=448),
-        "EfficientNet-Lite0 GeM 320 px": GlobalConf(resize_max=320),
         "DELG-small": GlobalConf(name="delg", variant="small", weights=str(delg)),
     }
 

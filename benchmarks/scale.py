@@ -24,11 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from vloc.evaluation.sevenscenes import map_frames, write_reference
-
-STAGES = ("read", "global", "features", "match", "pose")
+from vloc.evaluation.timing import STAGES, stage_percentiles
 
 
 def measure(map_dir: Path, prepared: Path, preset: str | None, passes: int, long_run: int) -> dict:
@@ -65,10 +62,7 @@ def measure(map_dir: Path, prepared: Path, preset: str | None, passes: int, long
     row = dict(load_s=load_s, rss_start=rss_start, rss_load=rss_load, rss_first=rss_first, rss_all=rss_all,
                rss_trace=rss_trace, ok=summary.localized, n=len(first_pass), t_cm=100 * summary.median_t,
                r_deg=summary.median_r, queries=len(results))
-    for label, pct in (("median", 50), ("p90", 90)):
-        row[label] = {s: float(np.percentile([r.timings.get(s, 0.0) for r in timed], pct)) for s in STAGES}
-        row[label]["total"] = float(np.percentile([sum(r.timings.values()) for r in timed], pct))
-    return row
+    return {**row, **stage_percentiles([r.timings for r in timed])}
 
 
 def du_mb(path: Path) -> float:

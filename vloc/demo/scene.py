@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -226,19 +226,19 @@ def render(scene: RaycastingScene, K: np.ndarray, R_wc: np.ndarray, center: np.n
 
 def demo_cameras(width: int = 640, height: int = 480, variant: SceneVariant | str = SceneVariant.STANDARD,
                  ) -> list[dict]:
-    """All cameras: ``name``, ``K``, ``R_wc`` (world_from_cam), ``center``, ``is_query`` (queries also
-    ``unseen``: looking at what no map image sees). Every variant has the same map cameras; the
+    """All cameras: ``name``, ``K``, ``R_wc`` (world_from_cam), ``center``, ``is_query``, ``unseen``
+    (a query looking at what no map image sees). Every variant has the same map cameras; the
     queries are the variant's."""
     variant = SceneVariant(variant)
     rng = np.random.default_rng(20240607)
     scale = width / BASE_WIDTH
     cams = []
 
-    def add(name: str, pose: tuple[float, ...], focal: float, is_query: bool) -> None:
+    def add(name: str, pose: tuple[float, ...], focal: float, is_query: bool, unseen: bool = False) -> None:
         x, y, z, yaw, pitch, roll = pose
         K = np.array([[focal * scale, 0, width / 2], [0, focal * scale, height / 2], [0, 0, 1.0]])
         cams.append({"name": name, "K": K, "R_wc": world_from_cam_rotation(yaw, pitch, roll),
-                     "center": np.array([x, y, z]), "is_query": is_query})
+                     "center": np.array([x, y, z]), "is_query": is_query, "unseen": unseen})
 
     n_map = 14
     for k in range(n_map):  # walk along x (the long axis), looking across the room with varying yaw
@@ -251,8 +251,7 @@ def demo_cameras(width: int = 640, height: int = 480, variant: SceneVariant | st
     else:
         queries = HARD_QUERIES + ((UNSEEN_QUERY,) if variant is SceneVariant.HARD else ())
     for k, (*pose, focal) in enumerate(queries):
-        add(f"query_{k:03d}", tuple(pose), focal, True)
-        cams[-1]["unseen"] = (*pose, focal) == UNSEEN_QUERY
+        add(f"query_{k:03d}", tuple(pose), focal, True, unseen=(*pose, focal) == UNSEEN_QUERY)
     return cams
 
 
@@ -273,12 +272,13 @@ def render_demo_scene(out: Path, width: int = 640, height: int = 480,
     """Render the demo scene into the prepared layout at ``out`` (replacing the demo's own files
     there: images/, ref_model/, queries.txt, gt_queries.txt, meta.json) and return ``out``.
     ``variant``: :class:`SceneVariant` (the hard ones for issue 13's tests)."""
-    variant = SceneVariant(variant)
-    contrast = LOW_TEXTURE_CONTRAST if variant is SceneVariant.HARD_LOW_TEXTURE else 1.0
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
+
+    variant = SceneVariant(variant)
+    contrast = LOW_TEXTURE_CONTRAST if variant is SceneVariant.HARD_LOW_TEXTURE else 1.0
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +308,7 @@ def render_demo_scene(out: Path, width: int = 640, height: int = 480,
     (out / "meta.json").write_text(json.dumps({
         "name": "demo" if variant is SceneVariant.STANDARD else f"demo-{variant}", "units": "metres",
         "generator": "vloc.demo.scene", "variant": str(variant),
-        "unseen_queries": [f"{c['name']}.png" for c in queries if c.get("unseen")],
+        "unseen_queries": [f"{c['name']}.png" for c in queries if c["unseen"]],
         "description": f"Synthetic textured room {ROOM[0]:g} x {ROOM[1]:g} x {ROOM[2]:g} m (z up) with "
                        f"{len(BOXES)} boxes, raycast at {width}x{height}: {len(maps)} map images along the long "
                        f"axis with exact poses, {len(queries)} queries from other viewpoints with exact ground truth.",

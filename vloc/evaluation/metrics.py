@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import numpy as np
 import pycolmap
 
+from vloc.io.poses import rotation_angle_deg
+
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 
 
@@ -38,7 +40,7 @@ def pose_error(estimate: pycolmap.Rigid3d, truth: pycolmap.Rigid3d) -> tuple[flo
     """``(translation error, rotation error in degrees)`` of two cam_from_world poses; the
     translation error is the distance between camera centres, in the map's units."""
     dt = float(np.linalg.norm(estimate.inverse().translation - truth.inverse().translation))
-    dr = float(np.rad2deg((estimate.rotation * truth.rotation.inverse()).angle()))
+    dr = rotation_angle_deg(estimate, truth)
     return dt, dr
 
 

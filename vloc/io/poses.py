@@ -23,6 +23,11 @@ def qt_from_rigid(pose: pycolmap.Rigid3d) -> tuple[np.ndarray, np.ndarray]:
     return np.array([w, x, y, z]), np.asarray(pose.translation, dtype=np.float64)
 
 
+def rotation_angle_deg(a: pycolmap.Rigid3d, b: pycolmap.Rigid3d) -> float:
+    """The angle (degrees) of the rotation between two poses' rotations."""
+    return float(np.rad2deg((a.rotation * b.rotation.inverse()).angle()))
+
+
 def read_poses(path: Path | str) -> dict[str, pycolmap.Rigid3d]:
     poses = {}
     for where, fields in data_lines(path, "pose list"):

@@ -30,6 +30,7 @@ from vloc.config import FallbackConf, GlobalConf, Preset, fallback_preset
 from vloc.features import Features
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
+from vloc.io.poses import rotation_angle_deg
 from vloc.localization.layer import Layer
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.mapping.map_dir import FALLBACK_DIR, MapFormatError
@@ -141,9 +142,10 @@ class Localizer:
     def _localize_layers(self, image: np.ndarray, camera: pycolmap.Camera, source: str, name: str,
                          prior: Prior | None) -> LocalizationResult:
         """Localize on the map's own layer; when that fails or finds fewer inliers than
-        ``preset.fallback.below_inliers``, again on the fallback layer (:meth:`_choose` picks the
-        result; two strongly supported poses that disagree fail as ambiguous). The global descriptor runs beside the first layer's local features (torch and
-        OpenCV release the GIL) and is reused by a layer with the same global model."""
+        ``preset.fallback.below_inliers``, again on the fallback layer (:func:`choose_layer_result`
+        keeps one result; two strongly supported poses that disagree fail as ambiguous). The
+        global descriptor runs beside the first layer's local features (torch and OpenCV release
+        the GIL) and is reused by a layer with the same global model."""
         raw = {self.layer.global_conf: self._pool.submit(self._global_models[self.layer.global_conf], image)}
         res = self.layer.localize(image, camera, source, name, raw[self.layer.global_conf], prior)
         if self.fallback is None or (res.success and res.num_inliers >= self.preset.fallback.below_inliers):
@@ -171,7 +173,7 @@ def choose_layer_result(res: LocalizationResult, again: LocalizationResult,
     and the query fails as ambiguous, else the map layer's pose stands."""
     if not (res.success and again.success):
         return again if again.success else res
-    apart = float(np.rad2deg((res.cam_from_world.rotation * again.cam_from_world.rotation.inverse()).angle()))
+    apart = rotation_angle_deg(res.cam_from_world, again.cam_from_world)
     if apart <= conf.max_disagreement_deg:
         return again if again.num_inliers >= res.num_inliers else res
     if again.num_inliers < conf.below_inliers:

@@ -29,6 +29,7 @@ from vloc.io.files import atomic_path, write_text_atomic
 from vloc.mapping.executor import Executor
 from vloc.mapping.extract import LruFeatures, read_features, read_global
 from vloc.mapping.stages import Stage
+from vloc.matching.verify import epipolar_mask
 from vloc.retrieval.index import Whitening
 from vloc.retrieval.pairs import select_pairs
 
@@ -137,8 +138,6 @@ def _match_pair(task: MatchChunk, matcher, features: LruFeatures, i: int, j: int
     f0, f1 = features(task.names[i]), features(task.names[j])
     if task.views is None:
         return matcher(f0, f1)
-    from vloc.matching.verify import epipolar_mask
-
     v0, v1 = task.views[i], task.views[j]
     allowed = epipolar_mask(f0.keypoints, f1.keypoints, v0.camera(), v1.camera(), v0.pose(), v1.pose(),
                             task.matcher.epipolar_px)

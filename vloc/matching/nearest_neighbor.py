@@ -33,6 +33,7 @@ class MutualNNMatcher:
     needs_keypoints = False
     candidates = 3  # bfloat16: best candidates per row whose distances are recomputed in float32
     block_rows = 256  # similarity rows reduced at once: a (256, M) block stays in the CPU's caches
+    excluded_sim = -4.0  # guided matching's excluded pairs: below any unit-vector similarity (-1)
 
     def __init__(self, conf: MatcherConf):
         try:
@@ -91,15 +92,15 @@ class MutualNNMatcher:
         sims, idxs, at_best = [], [], []
         for start in range(0, len(d0), self.block_rows):
             sim = a[start:start + self.block_rows] @ bt  # (B, M); squared L2 distance = 2 - 2 sim
-            if allowed is not None:  # excluded pairs: below any unit-vector similarity (-1)
+            if allowed is not None:
                 excluded = ~allowed[start:start + self.block_rows]
-                sim.masked_fill_(excluded, -4.0)
+                sim.masked_fill_(excluded, self.excluded_sim)
             torch.maximum(col_max, sim.amax(dim=0), out=col_max)
             top_sim, top_idx = sim.topk(k, dim=1)
             if self.bfloat16:  # ~3 significant digits: re-score the candidates in float32
                 top_sim = torch.einsum("nd,nkd->nk", d0[start:start + self.block_rows], d1[top_idx])
                 if allowed is not None:  # a row with fewer allowed pairs than candidates
-                    top_sim.masked_fill_(excluded.gather(1, top_idx), -4.0)
+                    top_sim.masked_fill_(excluded.gather(1, top_idx), self.excluded_sim)
                 top_sim, order = top_sim.sort(dim=1, descending=True)
                 top_idx = top_idx.gather(1, order)
             sims.append(top_sim.float())
