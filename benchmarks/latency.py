@@ -14,9 +14,10 @@ queries posted as raw image bytes to ``vloc serve`` on the same map, in a child 
 keep-alive connection; median client-side time per query, and its excess over the in-process
 median (HTTP overhead). ``before`` is the ``sift`` preset of the code at ``--baseline`` (a git
 revision: by default the last commit before issue 12's changes), checked out as a git worktree
-under ``--work`` and run in a child process on its own map, built by that code; the hloc figures of
-issue 12 are scaled by its time here over its time on the issue's machine, inside one run; its
-passes are interleaved with the others like any preset's.
+under ``--work`` and run in a child process on its own map, built by that code; ``before-NAME`` is
+that code's preset NAME. The hloc figures of issue 12 are scaled by ``before``'s time here over its
+time on the issue's machine, inside one run; baseline passes are interleaved with the others like
+any preset's.
 """
 from __future__ import annotations
 
@@ -63,14 +64,14 @@ from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
 
 pycolmap.logging.minloglevel = 2
-root, map_dir = Path(sys.argv[1]), Path(sys.argv[2])
+root, map_dir, preset = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 ds = open_prepared(root)
 build_s = float("nan")
 if not map_dir.exists():
     t = time.perf_counter()
-    build_map(ds.images, map_dir, get_preset("sift"), reference=ds.ref_model)
+    build_map(ds.images, map_dir, get_preset(preset), reference=ds.ref_model)
     build_s = time.perf_counter() - t
-localizer = Localizer.load(map_dir, "sift")
+localizer = Localizer.load(map_dir, preset)
 queries = read_queries(ds.queries)
 localizer.localize(ds.images / queries[0].name, queries[0].camera)
 print("@@", json.dumps({"build_s": build_s}), flush=True)
@@ -91,15 +92,24 @@ def baseline_tree(revision: str, work: Path) -> Path:
     return tree
 
 
+def baseline_preset(name: str) -> str | None:
+    """The baseline code's preset a row name stands for: "before" -> "sift", "before-fast" -> "fast";
+    None for this tree's presets."""
+    if name == "before":
+        return "sift"
+    return name.removeprefix("before-") if name.startswith("before-") else None
+
+
 class BaselineRunner:
-    """The baseline tree's ``sift`` in a child process on its own map (built there by that code):
+    """A preset of the baseline tree in a child process on its own map (built there by that code):
     one pass over the queries per :meth:`run`."""
 
-    def __init__(self, root: Path, revision: str, work: Path):
+    def __init__(self, root: Path, revision: str, work: Path, preset: str):
         tree = baseline_tree(revision, work)
-        self.map_dir = work / f"{open_prepared(root).name}-baseline-{revision}"
+        suffix = "" if preset == "sift" else f"-{preset}"  # sift's map keeps its earlier name
+        self.map_dir = work / f"{open_prepared(root).name}-baseline-{revision}{suffix}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", BASELINE_CHILD, str(root.resolve()), str(self.map_dir.resolve())], cwd=tree,
+            [sys.executable, "-c", BASELINE_CHILD, str(root.resolve()), str(self.map_dir.resolve()), preset], cwd=tree,
             env={**os.environ, "PYTHONPATH": str(tree)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.build_s = self._answer()["build_s"]
 
@@ -142,8 +152,9 @@ def measure_set(root: Path, presets: list, work: Path, repeat: int, revision: st
     """Every preset on one set, their passes interleaved (pass 1 of each preset, then pass 2, ...)
     so that the machine's drift during the run falls on all of them alike."""
     ds = open_prepared(root)
-    runners = {p if p == "before" else p.name: BaselineRunner(root, revision, work) if p == "before"
-               else LocalRunner(ds, p, work) for p in presets}
+    runners = {p if isinstance(p, str) else p.name:
+               BaselineRunner(root, revision, work, baseline_preset(p)) if isinstance(p, str) else LocalRunner(ds, p, work)
+               for p in presets}
     passes: dict[str, list] = {name: [] for name in runners}
     try:
         for _ in range(repeat):
@@ -223,15 +234,15 @@ def print_table(rows: list[dict], repeat: int) -> None:
     print(f"\ntorch threads {torch.get_num_threads()}; {os.cpu_count()} CPUs; load average "
           f"{os.getloadavg()[0]:.2f}; seconds per query, median over {repeat} passes (p90 below); error: "
           "translation (cm; sets in an SfM gauge: % of a camera step) / rotation (deg)")
-    head = (f"{'set':<12}{'preset':<8}{'size':>10}{'loc':>7}{'error':>14}  " + "".join(f"{s:>9}" for s in STAGES)
+    head = (f"{'set':<12}{'preset':<12}{'size':>10}{'loc':>7}{'error':>14}  " + "".join(f"{s:>9}" for s in STAGES)
             + f"{'total':>8}{'http':>8}{'build s':>9}{'img/min':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['set']:<12}{r['preset']:<8}{r['size']:>10}{r['ok']:>3}/{r['n']:<3}"
+        print(f"{r['set']:<12}{r['preset']:<12}{r['size']:>10}{r['ok']:>3}/{r['n']:<3}"
               f"{r['t_cm']:>8.2f}/{r['r']:.3f}  " + "".join(f"{r['median'][s]:>9.3f}" for s in STAGES)
               + f"{r['median']['total']:>8.3f}{r['http']:>8.3f}{r['build']:>9.1f}{r['img_min']:>8.0f}")
-        print(" " * 48 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>8.3f}")
+        print(" " * 52 + "p90" + "".join(f"{r['p90'][s]:>9.3f}" for s in STAGES) + f"{r['p90']['total']:>8.3f}")
     by = {(r["set"], r["preset"]): r for r in rows}
     for name in HLOC_S:
         before = by.get((name, "before"))
@@ -247,17 +258,18 @@ def print_table(rows: list[dict], repeat: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["before", "sift", "fast", "xfeat"])
+    parser.add_argument("--presets", nargs="+", default=["before", "sift", "fast", "xfeat"],
+                        help="this tree's presets, 'before' (the baseline's sift) or 'before-NAME'")
     parser.add_argument("--sets", nargs="+", default=["kitti", "7scenes", "demo"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-http", dest="http", action="store_false")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
-    parser.add_argument("--baseline", default=BASELINE, help="git revision whose `sift` is `before`")
+    parser.add_argument("--baseline", default=BASELINE, help="git revision whose presets are `before`, `before-NAME`")
     parser.add_argument("--work", type=Path, help="keep the maps here and reuse them (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
-    presets = [p if p == "before" else get_preset(p) for p in args.presets]
+    presets = [p if baseline_preset(p) else get_preset(p) for p in args.presets]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

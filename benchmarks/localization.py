@@ -2,7 +2,7 @@
 
     python benchmarks/localization.py [--presets sift fast aliked accurate]
                                       [--sets kitti virtual_gallery lund sacre_coeur]
-                                      [--data ../shared/data] [--work DIR] [--repeat 3]
+                                      [--data ../shared/data] [--work DIR] [--repeat 3] [--swap]
 
 For each set, a map is built per preset by triangulation from the ground-truth poses of the set's
 map images (presets with the same features share it; kept under ``--work`` when given), then one
@@ -27,7 +27,7 @@ from vloc.config import PRESETS, get_preset
 from vloc.evaluation.metrics import evaluate, in_percent, thresholds_for
 from vloc.evaluation.timing import STAGES, set_root, stage_percentiles
 from vloc.io.cameras import read_queries
-from vloc.io.datasets import open_prepared
+from vloc.io.datasets import open_prepared, swap_roles
 from vloc.io.poses import read_poses
 from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the queries")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     parser.add_argument("--work", type=Path, help="keep the maps here and reuse them (default: a temporary folder)")
+    parser.add_argument("--swap", action="store_true",
+                        help="exchange each set's map and query images (a held-out check: NAME-swapped under WORK)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import pycolmap
@@ -103,6 +105,8 @@ def main() -> None:
         work = args.work or Path(tmp)
         for name in args.sets:
             root = set_root(name, args.data, work)
+            if args.swap:
+                root = swap_roles(open_prepared(root), work / f"{root.name}-swapped").root
             for preset in args.presets:
                 rows.append(run_set(root, preset, work, args.repeat))
                 print_table(rows[-1:], args.repeat)

@@ -160,3 +160,24 @@ def test_atomic_writes_keep_the_old_file_when_the_write_fails(tmp_path):
     assert path.read_text() == "old\n" and sorted(p.name for p in path.parent.iterdir()) == ["poses.txt"]
     write_text_atomic(path, "new\n")
     assert path.read_text() == "new\n" and sorted(p.name for p in path.parent.iterdir()) == ["poses.txt"]
+
+
+def test_swapping_map_and_queries_twice_gives_the_set_back(tmp_path, virtual_gallery):
+    from vloc.io.datasets import swap_roles
+
+    ref = pycolmap.Reconstruction(str(virtual_gallery.ref_model))
+    once = swap_roles(virtual_gallery, tmp_path / "once")
+    swapped = pycolmap.Reconstruction(str(once.ref_model))
+    gt = read_poses(virtual_gallery.gt)
+    assert sorted(im.name for im in swapped.images.values()) == sorted(gt)
+    for im in swapped.images.values():
+        assert_pose_close(im.cam_from_world(), gt[im.name], 1e-8)
+    assert sorted(q.name for q in read_queries(once.queries)) == sorted(im.name for im in ref.images.values())
+    assert (once.images / next(iter(gt))).is_file()  # images/ is linked
+    twice = swap_roles(once, tmp_path / "twice")
+    back = read_poses(twice.gt)
+    assert sorted(back) == sorted(gt)
+    for name, pose in back.items():
+        assert_pose_close(pose, gt[name], 1e-8)
+    scale = twice.meta["scene_scale"]["mean_map_centre_to_centroid_distance"]
+    assert scale == pytest.approx(virtual_gallery.meta["scene_scale"]["mean_map_centre_to_centroid_distance"], rel=1e-6)
