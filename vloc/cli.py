@@ -121,6 +121,22 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from vloc.report.localization import write_localization_report
+
+    out = write_localization_report(args.poses, args.out, gt=args.gt, map_dir=args.map, map_images=args.map_images)
+    print(f"report: {out} (open it in a browser: it is one self-contained file)")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from vloc.report.view3d import write_map_view
+
+    out = write_map_view(args.map, args.out, poses=args.poses, gt=args.gt, max_points=args.max_points)
+    print(f"3D view: {out} (open it in a browser)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from vloc.evaluation.metrics import evaluate
     from vloc.io.files import write_text_atomic
@@ -234,6 +250,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         a = manifest["adaptation"]
         print(f"adapted (vloc map adapt): {a['weights']}, {a['clusters']['count']} covisibility clusters, "
               f"{a['train']['epochs']} epochs, from {a['previous_global_desc']['name']}")
+    if args.report is not None:
+        from vloc.report.map_health import write_map_report
+
+        print(f"map report: {write_map_report(args.map, args.report)} (open it in a browser)")
     return 0
 
 
@@ -328,6 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     loc.set_defaults(func=cmd_localize)
 
+    rp = sub.add_parser("report", help="one self-contained HTML page of a localization run (its JSON log beside "
+                        "POSES gives the rest)")
+    rp.add_argument("--poses", type=Path, required=True, help="the pose list vloc localize wrote")
+    rp.add_argument("--gt", type=Path, help="ground-truth poses: error table and cumulative curves")
+    rp.add_argument("--map", type=Path, help="default: the map named in the log")
+    rp.add_argument("--map-images", type=Path, help="the map's images (default: the folder it was built from)")
+    rp.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    rp.set_defaults(func=cmd_report)
+
+    vw = sub.add_parser("view", help="interactive 3D view (HTML) of a map's points and cameras, with localized queries")
+    vw.add_argument("map", type=Path)
+    vw.add_argument("--poses", type=Path, help="localized queries to draw")
+    vw.add_argument("--gt", type=Path, help="their true poses: drawn with the error segments")
+    vw.add_argument("--max-points", type=int, default=200_000, help="points3D shown at most (default: %(default)s)")
+    vw.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    vw.set_defaults(func=cmd_view)
+
     ev = sub.add_parser("eval", help="compare a pose list with ground truth")
     ev.add_argument("--poses", type=Path, required=True)
     ev.add_argument("--gt", type=Path, required=True)
@@ -397,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="say what a map holds")
     info.add_argument("map", type=Path)
+    info.add_argument("--report", type=Path, help="also write the map's health as an HTML page here")
     info.set_defaults(func=cmd_info)
     return parser
 

@@ -13,6 +13,8 @@ from vloc.io.poses import read_poses
 from vloc.localization.batch import localize_queries
 from vloc.localization.localizer import Localizer
 from vloc.mapping.build import build_map
+from vloc.report.localization import write_localization_report
+from vloc.report.view3d import write_map_view
 
 logger = logging.getLogger(__name__)
 
@@ -48,4 +50,8 @@ def run_demo(out: Path, preset_name: str) -> bool:
     print(f"\n{summary.format()}")
     print(f"render {t_render:.1f} s, map build {t_build:.1f} s, total {time.perf_counter() - t0:.1f} s")
     print(f"demo {'PASSED' if ok else 'FAILED'}: every query within {100 * max_t:.0f} cm and {max_r} deg")
+    report = write_localization_report(Path(out) / "poses.txt", Path(out) / "report.html",
+                                       gt=scene / "gt_queries.txt", map_dir=map_dir)
+    view = write_map_view(map_dir, Path(out) / "map.html", poses=Path(out) / "poses.txt", gt=scene / "gt_queries.txt")
+    print(f"report: {report}\n3D view: {view}\n(open them in a browser)")
     return ok

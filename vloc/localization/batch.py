@@ -33,8 +33,9 @@ def localize_queries(
             logger.warning("%s: failed: %s", query.name, result.reason)
         results.append(result)
     write_poses(out, {r.name: r.cam_from_world for r in results if r.success})
-    log = dict(map=str(localizer.map_dir), preset=localizer.preset.name,
+    log = dict(map=str(localizer.map_dir.resolve()), map_created=localizer.manifest.created,
+               preset=localizer.preset.name, images=str(Path(image_dir).resolve()),
                localized=sum(r.success for r in results), total=len(results),
-               queries=[r.to_dict() for r in results])
+               queries=[r.to_dict(details=True) for r in results])
     write_text_atomic(log_path_for(out), json.dumps(log, indent=1))
     return results

@@ -64,11 +64,12 @@ class Layer:
             res.reason = f"too few keypoints ({len(feats)} < {conf.min_inliers})"
             return res
         tried: list[str] = []
-        for mode, rows in self.retriever.retrievals(query, conf.num_retrieved, prior):
+        for mode, rows, scores in self.retriever.retrievals(query, conf.num_retrieved, prior):
             retrieved = [self.store.name(int(r)) for r in rows]
             if retrieved == tried:
                 continue  # the prior's images were the global ones: nothing new to try
             res.retrieval, res.retrieved, tried = mode, retrieved, retrieved
+            res.retrieved_scores = [float(v) for v in scores]
             self._match_and_estimate(res, feats, camera, rows)
             if res.success:
                 break
@@ -81,6 +82,7 @@ class Layer:
         t = time.perf_counter()
         pairs = self.matching(feats, rows)
         res.num_matches, res.num_inliers = len(pairs), 0
+        res.points2D = res.point3D_ids = res.inlier_mask = None  # from an earlier retrieval's try
         res.timings["match"] = res.timings.get("match", 0.0) + time.perf_counter() - t
         if len(pairs) < conf.min_inliers:
             res.reason = f"too few 2D-3D matches ({len(pairs)} < {conf.min_inliers})"
@@ -93,6 +95,8 @@ class Layer:
             res.reason = "pose estimation failed (RANSAC found no model)"
             return
         res.num_inliers = estimate.num_inliers
+        res.points2D, res.point3D_ids = feats.keypoints[pairs[:, 0]], pairs[:, 1]
+        res.inlier_mask = estimate.inlier_mask
         if res.num_inliers < conf.min_inliers or res.inlier_ratio < conf.min_inlier_ratio:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")

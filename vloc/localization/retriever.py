@@ -24,18 +24,21 @@ class ImageRetriever:
         """``(D_g,)`` or ``(1, D_g)`` raw global descriptor -> ``(1, d)`` row of this layer's index."""
         return self.store.whitening(raw)
 
-    def retrievals(self, query: np.ndarray, k: int, prior: Prior | None) -> list[tuple[str, np.ndarray]]:
-        """``(mode, image rows)`` to try in order for the whitened ``(1, d)`` ``query``: the ``k``
-        most similar images near the prior first (when there are any), then the global top-``k``."""
-        _, ids = search(self.index, query, k)
-        global_rows = ids[0][ids[0] >= 0]
+    def retrievals(self, query: np.ndarray, k: int, prior: Prior | None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``(mode, image rows, similarity scores)`` to try in order for the whitened ``(1, d)``
+        ``query``: the ``k`` most similar images near the prior first (when there are any), then
+        the global top-``k``."""
+        scores, ids = search(self.index, query, k)
+        found = ids[0] >= 0
+        global_hits = ("global", ids[0][found], scores[0][found])
         if prior is None:
-            return [("global", global_rows)]
+            return [global_hits]
+        global_hits = ("global after prior", *global_hits[1:])
         centre = prior.cam_from_world.inverse().translation
-        found = self._tree.query_ball_point(centre, prior.radius) if self._tree is not None else []
-        near = np.array(sorted(found), np.int64)
+        near = np.array(sorted(self._tree.query_ball_point(centre, prior.radius) if self._tree is not None else []),
+                        np.int64)
         if len(near) == 0:
-            return [("global after prior", global_rows)]
-        scores = np.asarray(self.store.global_whitened[near]) @ query[0]
-        best = near[np.argsort(-scores, kind="stable")[:k]]
-        return [("prior", best), ("global after prior", global_rows)]
+            return [global_hits]
+        near_scores = np.asarray(self.store.global_whitened[near]) @ query[0]
+        order = np.argsort(-near_scores, kind="stable")[:k]
+        return [("prior", near[order], near_scores[order]), global_hits]

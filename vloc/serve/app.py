@@ -214,6 +214,7 @@ def openapi_spec() -> dict:
         "reason": {"type": "string"}, "intrinsics": {"type": "string", "enum": ["given", "exif", "estimated", ""]},
         **{k: {"type": "integer"} for k in ("num_keypoints", "num_matches", "num_inliers")},
         "inlier_ratio": {"type": "number"}, "retrieved": {"type": "array", "items": {"type": "string"}},
+        "retrieved_scores": {**numbers, "description": "global similarity of each retrieved image"},
         "retrieval": {"type": "string"}, "timings": {"type": "object", "additionalProperties": {"type": "number"}},
         "layer": {"type": "string", "description": "the preset whose features gave the result: the map's own or "
                   "its fallback layer's"},
