@@ -63,7 +63,7 @@ def run(kitti, kitti_map, tmp_path_factory):
 def test_localization_report_in_chromium(run, kitti, browser, tmp_path):
     out = write_localization_report(run / "poses.txt", tmp_path / "report.html", gt=kitti.gt)
     check = browser(out, (".card", ".card.failed", ".card.localized", "img.matchimg", "img.queryimg",
-                          "img[data-thumb][src]"))
+                          "img[data-thumb][src]"), scroll_to=".card.localized")
     keep_screenshot(check, "report.png")
     assert check.errors == []
     assert check.counts[".card"] == 4 and check.counts[".card.failed"] == 1 and check.counts[".card.localized"] == 3

@@ -49,9 +49,10 @@ class PageCheck:
 
 
 def check_page(path: Path | str, selectors: tuple[str, ...] = (), timeout_s: float = 60.0,
-               viewport: tuple[int, int] = (1280, 900), full_page: bool = False) -> PageCheck:
+               viewport: tuple[int, int] = (1280, 900), scroll_to: str | None = None) -> PageCheck:
     """Open ``path`` (a local HTML file), wait until it sets ``body[data-rendered]``, then count
-    ``selectors`` and take a screenshot."""
+    ``selectors`` and take a screenshot of the viewport (scrolled to the first ``scroll_to``
+    element when given)."""
     from playwright.sync_api import sync_playwright
 
     url = Path(path).resolve().as_uri()
@@ -70,7 +71,9 @@ def check_page(path: Path | str, selectors: tuple[str, ...] = (), timeout_s: flo
             counts = {s: page.locator(s).count() for s in selectors}
             data = page.evaluate("(() => { const d = Object.assign({}, window.vlocData || {}); delete d.thumbs; "
                                  "return d; })()")
-            shot = page.screenshot(full_page=full_page)
+            if scroll_to:
+                page.locator(scroll_to).first.scroll_into_view_if_needed()
+            shot = page.screenshot()
         finally:
             browser.close()
     return PageCheck(load, errors, counts, data, shot)

@@ -17,48 +17,37 @@ def _rgb(image: np.ndarray):
     return Image.fromarray(image).convert("RGB")
 
 
-def _scale_to(im, max_side: int) -> tuple[object, float]:
-    from PIL import Image
-
-    scale = min(1.0, max_side / max(im.size))
-    if scale < 1:
-        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
-    return im, scale
-
-
-def _dots(draw, points: np.ndarray, scale: float, colour: tuple[int, int, int], radius: float = 2.0) -> None:
+def _dots(draw, points: np.ndarray, scale: float, colour: tuple[int, int, int], radius: float = 1.5) -> None:
     for x, y in (np.asarray(points, float) - 0.5) * scale:
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=1)
 
 
-def draw_keypoints(image: np.ndarray, inliers: np.ndarray, outliers: np.ndarray, max_side: int = 480) -> np.ndarray:
-    """The image (resized to ``max_side``) with ``outliers`` ``(N, 2)`` in red under ``inliers`` in green."""
-    from PIL import ImageDraw
-
-    im, scale = _scale_to(_rgb(image), max_side)
-    draw = ImageDraw.Draw(im)
-    _dots(draw, outliers, scale, OUTLIER)
-    _dots(draw, inliers, scale, INLIER)
-    return np.asarray(im)
-
-
-def draw_match_lines(query: np.ndarray, map_image: np.ndarray, points_query: np.ndarray, points_map: np.ndarray,
-                     height: int = 240, max_lines: int = 60) -> np.ndarray:
-    """Query and map image side by side at ``height`` px with a line per correspondence
-    (``(N, 2)`` each, at most ``max_lines`` drawn, evenly chosen)."""
+def draw_matches(query: np.ndarray, inliers: np.ndarray, outliers: np.ndarray, map_image: np.ndarray | None = None,
+                 lines_query: np.ndarray | None = None, lines_map: np.ndarray | None = None, height: int = 240,
+                 max_lines: int = 60) -> np.ndarray:
+    """The query at ``height`` px with ``outliers`` ``(N, 2)`` in red under ``inliers`` in green and,
+    with ``map_image``, that image to its right and a line per correspondence ``lines_query`` ->
+    ``lines_map`` (``(K, 2)`` each; at most ``max_lines`` drawn, evenly chosen)."""
     from PIL import Image, ImageDraw
 
-    left, right = _rgb(query), _rgb(map_image)
-    sl, sr = height / left.height, height / right.height
+    left = _rgb(query)
+    sl = height / left.height
     left = left.resize((max(1, round(left.width * sl)), height), Image.BILINEAR)
-    right = right.resize((max(1, round(right.width * sr)), height), Image.BILINEAR)
-    canvas = Image.new("RGB", (left.width + right.width, height))
+    right, sr = None, 1.0
+    if map_image is not None:
+        right = _rgb(map_image)
+        sr = height / right.height
+        right = right.resize((max(1, round(right.width * sr)), height), Image.BILINEAR)
+    canvas = Image.new("RGB", (left.width + (right.width if right is not None else 0), height))
     canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width, 0))
+    if right is not None:
+        canvas.paste(right, (left.width, 0))
     draw = ImageDraw.Draw(canvas)
-    keep = np.linspace(0, len(points_query) - 1, min(len(points_query), max_lines)).round().astype(int) \
-        if len(points_query) else np.zeros(0, int)
-    for (xq, yq), (xm, ym) in zip((np.asarray(points_query, float)[keep] - 0.5) * sl,
-                                  (np.asarray(points_map, float)[keep] - 0.5) * sr, strict=True):
-        draw.line((xq, yq, xm + left.width, ym), fill=INLIER, width=1)
+    _dots(draw, outliers, sl, OUTLIER)
+    _dots(draw, inliers, sl, INLIER)
+    if right is not None and lines_query is not None and len(lines_query):
+        keep = np.linspace(0, len(lines_query) - 1, min(len(lines_query), max_lines)).round().astype(int)
+        for (xq, yq), (xm, ym) in zip((np.asarray(lines_query, float)[keep] - 0.5) * sl,
+                                      (np.asarray(lines_map, float)[keep] - 0.5) * sr, strict=True):
+            draw.line((xq, yq, xm + left.width, ym), fill=INLIER, width=1)
     return np.asarray(canvas)

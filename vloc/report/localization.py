@@ -186,7 +186,7 @@ def _summary(run: Run) -> str:
 
 def _card(q: dict, run: Run, side: _MapSide, errors: dict) -> str:
     from vloc.io.images import ImageReadError, read_image
-    from vloc.report.draw import draw_keypoints, draw_match_lines
+    from vloc.report.draw import draw_matches
 
     ok = q.get("status") == "localized"
     status = "localized" if ok else "failed"
@@ -220,15 +220,16 @@ def _card(q: dict, run: Run, side: _MapSide, errors: dict) -> str:
     points = np.asarray(matches["points2D"], float).reshape(-1, 2)
     inlier = np.zeros(len(points), bool)
     inlier[np.asarray(matches["inliers"], int)] = True
-    picture = draw_keypoints(query, points[inlier], points[~inlier], max_side=max(query.shape[:2]))
     name, seen, map_points = side.best_image(q.get("retrieved", []),
                                              np.asarray(matches["point3D_ids"], int)[inlier])
     map_image = side.image(name) if name else None
+    picture = draw_matches(query, points[inlier], points[~inlier], map_image, points[inlier][seen], map_points,
+                           height=MATCH_PX)
+    caption = "inliers (green) over outliers (red)"
     if map_image is not None:
-        picture = draw_match_lines(picture, map_image, points[inlier][seen], map_points, height=MATCH_PX)
-        caption = f"inliers (green) over outliers (red); lines: the {len(seen)} inliers {esc(name)} observes"
-    else:
-        caption = "inliers (green) over outliers (red)" + (f"; map image {esc(name)} not found" if name else "")
+        caption += f"; right: {esc(name)}, which observes {len(seen)} of the inliers (some drawn as lines)"
+    elif name:
+        caption += f"; map image {esc(name)} not found"
     return (f"<div class='card {status}'>{body}<img class='matchimg' src='{jpeg_data_uri(picture, 960, 70)}'>"
             f"<p class='note'>{caption}</p></div>")
 
