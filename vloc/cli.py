@@ -197,9 +197,19 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vloc.serve.app import serve
+    from vloc.serve.app import ServeConf
+    from vloc.serve.server import serve
 
-    serve(args.map, args.host, args.port, args.preset, args.max_bytes)
+    if args.log_json:  # request lines are JSON objects already: print them bare, one per line
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("vloc.serve.access")
+        access.addHandler(handler)
+        access.propagate = False
+
+    serve(args.map, args.host, args.port, args.preset, ServeConf(
+        max_bytes=args.max_bytes, queue=args.queue, timeout_s=args.timeout, body_timeout_s=args.body_timeout,
+        log_json=args.log_json))
     return 0
 
 
@@ -402,11 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     tr.set_defaults(func=cmd_track)
 
-    sv = sub.add_parser("serve", help="HTTP API: POST /localize, GET /health, GET /map, GET /openapi.json")
-    sv.add_argument("--map", type=Path, required=True)
+    sv = sub.add_parser("serve", help="HTTP API (FastAPI + uvicorn): POST /localize, POST /maps/NAME/localize, "
+                        "GET /health, /map, /maps, /metrics, /openapi.json")
+    sv.add_argument("--map", action="append", required=True, metavar="[NAME=]DIR",
+                    help="a map to serve; repeat for several (the first is the default of /localize and /map)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-bytes", type=int, default=20 * 2**20, help="largest request body (413 beyond)")
+    sv.add_argument("--queue", type=int, default=8, help="per map: localizations waiting or running before 503 "
+                    "with Retry-After (default: %(default)s)")
+    sv.add_argument("--timeout", type=float, default=60.0, help="request deadline in seconds (504 past it)")
+    sv.add_argument("--body-timeout", type=float, default=10.0, help="seconds the whole body may take to arrive "
+                    "(408 past it: slow senders are cut off)")
+    sv.add_argument("--log-json", action="store_true", help="one JSON object per request log line")
     sv.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     sv.set_defaults(func=cmd_serve)
 

@@ -13,7 +13,7 @@ HOST = "127.0.0.1"
 SERVER_CODE = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-from vloc.serve.app import serve
+from vloc.serve.server import serve
 serve(sys.argv[1], "127.0.0.1", 0, preset=sys.argv[2] or None)
 """
 

@@ -16,6 +16,7 @@ import pycolmap
 from vloc.config import Preset
 from vloc.features import Features, make_extractor
 from vloc.localization.matching import make_matching
+from vloc.localization.models import ModelCache
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.localization.retriever import ImageRetriever
@@ -26,17 +27,19 @@ from vloc.matching import make_matcher
 class Layer:
     """Use :meth:`open`. Holds no per-image object: features are read for the retrieved images."""
 
-    def __init__(self, directory: Path, preset: str | Preset | None = None):
+    def __init__(self, directory: Path, preset: str | Preset | None = None, models: ModelCache | None = None):
         self.store, self.manifest, self.preset = open_map(directory, preset)  # adapted maps bring their model
         self.directory = Path(directory)
         self.retriever = ImageRetriever(self.store, self.store.read_index())
-        self.extractor = make_extractor(self.preset.query_features)
-        self.matching = make_matching(make_matcher(self.preset.query_matcher), self.store)
+        models = models or ModelCache()
+        self.extractor = models.get("extractor", self.preset.query_features, make_extractor)
+        self.matching = make_matching(models.get("matcher", self.preset.query_matcher, make_matcher), self.store)
         self.global_conf = global_conf_in_map(self.preset.global_desc, self.directory)
 
     @classmethod
-    def open(cls, directory: Path | str, preset: str | Preset | None = None) -> "Layer":
-        return cls(Path(directory), preset)
+    def open(cls, directory: Path | str, preset: str | Preset | None = None,
+             models: ModelCache | None = None) -> "Layer":
+        return cls(Path(directory), preset, models)
 
     @property
     def prior_radius(self) -> float:

@@ -32,6 +32,7 @@ from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.io.poses import rotation_angle_deg
 from vloc.localization.layer import Layer
+from vloc.localization.models import ModelCache
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.mapping.map_dir import FALLBACK_DIR, MapFormatError
 from vloc.retrieval import make_global_model
@@ -46,15 +47,14 @@ __all__ = ["Localizer", "LocalizationResult", "Prior", "ImageInput"]
 class Localizer:
     """Use :meth:`load`. Calls to :meth:`localize` are serialised by a lock (thread-safe)."""
 
-    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None):
+    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None, models: ModelCache | None = None):
         self.map_dir = Path(map_dir)
-        self.layer = Layer.open(self.map_dir, preset)
+        self.models = models or ModelCache()
+        self.layer = Layer.open(self.map_dir, preset, self.models)
         self.preset, self.manifest, self.store = self.layer.preset, self.layer.manifest, self.layer.store
         self.fallback = self._open_fallback()
-        self._global_models: dict[GlobalConf, object] = {}
-        for layer in self.layers:
-            if layer.global_conf not in self._global_models:
-                self._global_models[layer.global_conf] = make_global_model(layer.global_conf)
+        self._global_models: dict[GlobalConf, object] = {
+            layer.global_conf: self.models.get("global", layer.global_conf, make_global_model) for layer in self.layers}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vloc-global")
 
@@ -68,12 +68,14 @@ class Localizer:
             raise MapFormatError(f"{self.map_dir}: preset {self.preset.name!r} localizes weak queries again on a "
                                  f"{layer.name!r} layer, but the map has none ({FALLBACK_DIR}/ is missing); "
                                  f"rebuild it with --preset {self.preset.name}")
-        return Layer.open(layer_dir, layer)
+        return Layer.open(layer_dir, layer, self.models)
 
     @classmethod
-    def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "Localizer":
-        """Load ``map_dir``; ``preset`` defaults to the one the map was built with."""
-        return cls(map_dir, preset)
+    def load(cls, map_dir: Path | str, preset: str | Preset | None = None,
+             models: ModelCache | None = None) -> "Localizer":
+        """Load ``map_dir``; ``preset`` defaults to the one the map was built with. Localizers
+        given the same ``models`` share the models their presets have in common."""
+        return cls(map_dir, preset, models)
 
     @property
     def layers(self) -> list[Layer]:
