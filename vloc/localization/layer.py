@@ -31,7 +31,7 @@ class Layer:
         self.store, self.manifest, self.preset = open_map(directory, preset)  # adapted maps bring their model
         self.directory = Path(directory)
         self.retriever = ImageRetriever(self.store, self.store.read_index())
-        models = models or ModelCache()
+        models = models if models is not None else ModelCache()
         self.extractor = models.get("extractor", self.preset.query_features, make_extractor)
         self.matching = make_matching(models.get("matcher", self.preset.query_matcher, make_matcher), self.store)
         self.global_conf = global_conf_in_map(self.preset.global_desc, self.directory)

@@ -49,7 +49,7 @@ class Localizer:
 
     def __init__(self, map_dir: Path | str, preset: str | Preset | None = None, models: ModelCache | None = None):
         self.map_dir = Path(map_dir)
-        self.models = models or ModelCache()
+        self.models = models if models is not None else ModelCache()
         self.layer = Layer.open(self.map_dir, preset, self.models)
         self.preset, self.manifest, self.store = self.layer.preset, self.layer.manifest, self.layer.store
         self.fallback = self._open_fallback()

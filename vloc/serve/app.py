@@ -238,15 +238,22 @@ class Service:
             (503, "the map is busy: retry after Retry-After seconds"), (504, "deadline passed"))}
         extra = _localize_openapi()
 
-        @app.api_route("/health", methods=["GET", "HEAD"], response_model=Health, summary="Liveness")
+        def get_and_head(path: str, **kwargs: Any):
+            """A GET route that also answers HEAD (headers only; HEAD kept out of the schema)."""
+            def register(fn):
+                app.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False, **kwargs)
+                return app.get(path, **kwargs)(fn)
+            return register
+
+        @get_and_head("/health", response_model=Health, summary="Liveness")
         async def health() -> dict:
             return {"status": "ok"}
 
-        @app.api_route("/map", methods=["GET", "HEAD"], response_model=MapInfo, summary="The default map")
+        @get_and_head("/map", response_model=MapInfo, summary="The default map")
         async def default_map() -> dict:
             return self.maps[self.default].info()
 
-        @app.api_route("/maps", methods=["GET", "HEAD"], response_model=MapList, summary="Every served map")
+        @get_and_head("/maps", response_model=MapList, summary="Every served map")
         async def all_maps() -> dict:
             return {"maps": [m.info() for m in self.maps.values()], "default": self.default}
 
@@ -260,7 +267,7 @@ class Service:
         async def localize_named(name: str, request: Request) -> Any:
             return await self.answer(request, name)
 
-        @app.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response,
+        @get_and_head("/metrics", summary="Prometheus metrics", response_class=Response,
                  responses={"200": {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type=self.metrics.content_type)

@@ -112,7 +112,11 @@ def serve(maps: list[str] | str | Path, host: str = "127.0.0.1", port: int = 800
           conf: ServeConf = ServeConf()) -> None:
     """Load the maps once and serve them until SIGTERM / Ctrl-C; then finish what is in flight."""
     maps = [str(maps)] if isinstance(maps, (str, Path)) else maps
-    service = Service(load_maps(maps, preset), conf)
+    run_service(Service(load_maps(maps, preset), conf), host, port)
+
+
+def run_service(service: Service, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``service`` in this (main) thread until SIGTERM / Ctrl-C."""
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     for m in service.maps.values():
