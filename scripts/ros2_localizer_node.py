@@ -1,13 +1,17 @@
-"""Example ROS 2 node: subscribe to images, publish camera poses from a vloc map.
+"""ROS 2 node: subscribe to images, publish camera poses from a vloc map.
 
     python scripts/ros2_localizer_node.py --map maps/scene [--topic /camera/image_raw]
-        [--camera 'PINHOLE w h fx fy cx cy'] [--frames DIR]
+        [--camera-info /camera/camera_info] [--camera 'PINHOLE w h fx fy cx cy'] [--frames DIR]
 
-With rclpy (a ROS 2 install; not a vloc dependency) it subscribes to ``sensor_msgs/Image`` and
-publishes ``geometry_msgs/PoseStamped`` (world_from_cam: position and orientation of the camera
-in the map frame) on ``~/pose`` for every localized frame, using a :class:`vloc.localization.
-tracking.Tracker` so consecutive frames use the prior. Without rclpy it runs the same Tracker over
-an image folder given by ``--frames`` and prints the poses, so the code path can be tried anywhere.
+With rclpy (a ROS 2 install; not a vloc dependency) it subscribes to ``sensor_msgs/Image``
+(every encoding of :data:`vloc.serve.ros2.ENCODINGS`, through ``cv_bridge`` when installed; an
+encoding it cannot decode is logged as an error naming it, never guessed) and to
+``sensor_msgs/CameraInfo`` for the intrinsics (``--camera`` overrides; without either the focal
+length is estimated per frame), and publishes for every localized frame a
+``geometry_msgs/PoseWithCovarianceStamped`` on ``~/pose`` (the camera in the map frame, with the
+6x6 covariance in ROS order) and the TF transform ``map`` -> ``--child-frame``, using a
+:class:`vloc.localization.tracking.Tracker` so consecutive frames use the prior. Without rclpy it
+runs the same Tracker over an image folder given by ``--frames`` and prints the poses.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import numpy as np
 from vloc.io.cameras import camera_from_text
 from vloc.localization.localizer import Localizer
 from vloc.localization.tracking import Tracker, iter_frames
+from vloc.serve.ros2 import camera_from_info, fill_pose_with_covariance, fill_transform, image_from_msg
 
 logger = logging.getLogger("vloc.ros2")
 
@@ -30,35 +35,41 @@ def world_from_cam(result) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pose.translation), np.asarray(pose.rotation.quat)
 
 
-def run_ros(tracker: Tracker, topic: str) -> None:
+def run_ros(tracker: Tracker, topic: str, info_topic: str, child_frame: str) -> None:
     import rclpy
-    from geometry_msgs.msg import PoseStamped
+    from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
     from rclpy.node import Node
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
+    from tf2_ros import TransformBroadcaster
 
     class LocalizerNode(Node):
         def __init__(self):
             super().__init__("vloc_localizer")
-            self.pub = self.create_publisher(PoseStamped, "~/pose", 10)
+            self.pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
+            self.tf = TransformBroadcaster(self)
             self.create_subscription(Image, topic, self.on_image, 1)
+            if tracker.camera is None:
+                self.create_subscription(CameraInfo, info_topic, self.on_info, 1)
+
+        def on_info(self, msg: CameraInfo) -> None:
+            try:
+                tracker.camera = camera_from_info(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
+            except ValueError as exc:
+                self.get_logger().error(str(exc))
 
         def on_image(self, msg: Image) -> None:
-            channels = 1 if msg.encoding in ("mono8", "8UC1") else 3
-            image = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)[:, : msg.width * channels]
-            image = image.reshape(msg.height, msg.width, channels).squeeze()
-            if msg.encoding == "bgr8":
-                image = image[..., ::-1].copy()
+            try:
+                image = image_from_msg(msg)
+            except ValueError as exc:
+                self.get_logger().error(f"frame not localized: {exc}")
+                return
             result = tracker.track(image, name=f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}")
             if not result.success:
                 self.get_logger().warn(f"not localized: {result.reason}")
                 return
-            xyz, q = world_from_cam(result)
-            out = PoseStamped()
-            out.header.stamp, out.header.frame_id = msg.header.stamp, "map"
-            out.pose.position.x, out.pose.position.y, out.pose.position.z = map(float, xyz)
-            o = out.pose.orientation
-            o.x, o.y, o.z, o.w = map(float, q)
-            self.pub.publish(out)
+            self.pub.publish(fill_pose_with_covariance(PoseWithCovarianceStamped(), result, msg.header.stamp))
+            self.tf.sendTransform(fill_transform(TransformStamped(), result, msg.header.stamp,
+                                                 child_frame_id=child_frame))
 
     rclpy.init()
     node = LocalizerNode()
@@ -73,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--map", type=Path, required=True)
     parser.add_argument("--topic", default="/camera/image_raw")
+    parser.add_argument("--camera-info", default="/camera/camera_info", help="intrinsics, when --camera is not given")
+    parser.add_argument("--child-frame", default="camera", help="the TF frame of the localized camera")
     parser.add_argument("--camera", help="'MODEL width height params...' (default: estimated per frame)")
     parser.add_argument("--frames", type=Path, help="without rclpy: an image folder to run instead")
     args = parser.parse_args()
@@ -93,7 +106,7 @@ def main() -> None:
             else:
                 print(f"{stamp:.3f} {name} failed: {result.reason}")
         return
-    run_ros(tracker, args.topic)
+    run_ros(tracker, args.topic, args.camera_info, args.child_frame)
 
 
 if __name__ == "__main__":
