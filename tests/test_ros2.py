@@ -55,6 +55,8 @@ def test_every_plain_encoding_decodes_to_the_same_image(encoding, pixels, expect
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("encoding, pattern", [("bayer_rggb8", "RGGB"), ("bayer_bggr8", "BGGR"),
+                                               ("bayer_gbrg8", "GBRG"), ("bayer_grbg8", "GRBG")])
 def test_bayer_mosaics_give_the_colour_they_sampled(encoding, pattern):
     colour = {"R": 200, "G": 100, "B": 40}
     mosaic = np.zeros((8, 8), np.uint8)
