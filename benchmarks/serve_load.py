@@ -1,23 +1,34 @@
-"""Load test of the HTTP service: valid and malformed requests from concurrent clients.
+"""Load test of the service: two maps, valid and malformed requests from concurrent clients.
 
-    python benchmarks/serve_load.py --map MAP [--requests 500] [--clients 4] [--data ../shared/data]
+    python benchmarks/serve_load.py --work DIR [--requests 2000] [--clients 8] [--sigterm-after 20]
+                                    [--data ../shared/data]
 
-Starts ``vloc.serve.app.serve`` on MAP in a separate process (a free port, read back from its
-log), waits for ``/health``, then sends ``--requests`` requests from ``--clients`` threads, each
-with its own keep-alive connection. Three in four are valid (the KITTI query images as raw bytes
-with their cameras); the rest are malformed in turn: an empty body, bad JSON, a wrong content
-type and an oversize claimed Content-Length. Prints answered and lost requests, counts per status
-code, throughput, latency percentiles and the server's resident memory; exits non-zero on any
-5xx, lost request or unexpected status. Needs no network beyond the loopback interface.
+Builds (once, under ``--work``) sift maps of kitti and virtual_gallery, starts ``vloc serve`` on
+both in a separate process (a free port, read back from its log; a 2 MiB body limit and a 1 s body
+deadline, so that oversize bodies and slow senders are cheap to make), waits for ``/health``, then:
+
+1. a single client sends valid queries only: the single-client rate;
+2. ``--clients`` threads, each with its own keep-alive connection, send ``--requests`` requests:
+   two in three valid (each set's queries against its own map by ``/maps/NAME/localize``, as raw
+   bytes, multipart and JSON in turn), one in three malformed (bad JSON, wrong types, missing
+   fields, truncated and corrupt images, oversize bodies, wrong content types, slow senders);
+3. with ``--sigterm-after S``: a second load run that sends SIGTERM S seconds in; every request
+   sent before the signal must be answered and the process must exit 0 within 10 s.
+
+Prints counts per status, lost requests, 5xx, unexpected answers, 503s (with Retry-After),
+throughput against the single-client rate, latency percentiles per status, and the server's
+resident memory per quarter of the run. Exits non-zero when a requirement is missed.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +43,9 @@ import numpy as np
 from vloc.evaluation.server import HOST, start_server
 from vloc.io.cameras import read_queries
 
+MAX_BYTES = 2 * 2**20
+BODY_TIMEOUT_S = 1.0
+SETS = ("kitti", "virtual_gallery")
 
 
 @dataclass(frozen=True)
@@ -40,89 +54,159 @@ class Request:
     path: str
     body: bytes
     headers: dict[str, str]
-    expect: int
+    expect: tuple[int, ...]  # acceptable statuses (valid: 200, or 503 when the queue is full)
+    slow: bool = False  # send the body one byte every 0.2 s
 
 
 @dataclass
 class Answer:
     request: Request
     status: int | None  # None: lost (no answer)
+    sent: float  # monotonic time the request started
     seconds: float
+    retry_after: bool = False
     localized: bool = False
     error: str = ""
 
 
-def make_requests(data: Path, n: int) -> list[Request]:
-    """Valid raw-image requests for every query with a camera, and one malformed in four."""
-    root = data / "prepared" / "kitti"
-    valid = []
-    for q in read_queries(root / "queries.txt"):
-        if q.camera is None:
-            continue
-        camera = dict(model=q.camera.model.name, width=q.camera.width, height=q.camera.height,
-                      params=[float(p) for p in q.camera.params])
-        valid.append(Request("valid", f"/localize?name={q.name}&camera={quote(json.dumps(camera))}",
-                             (root / "images" / q.name).read_bytes(), {"Content-Type": "image/png"}, 200))
-    if not valid:
-        raise SystemExit(f"{root}: no queries with cameras")
-    malformed = [
-        Request("empty body", "/localize", b"", {"Content-Type": "image/png"}, 400),
-        Request("bad JSON", "/localize", b'{"image_base64": ', {"Content-Type": "application/json"}, 400),
-        Request("wrong type", "/localize", b"hello", {"Content-Type": "text/plain"}, 415),
-        Request("oversize", "/localize", b"", {"Content-Type": "image/png", "Content-Length": str(10**12)}, 413),
+def _camera(q) -> dict:
+    c = q.camera
+    return dict(model=c.model.name, width=c.width, height=c.height, params=[float(p) for p in c.params])
+
+
+def _multipart(image: bytes, fields: dict[str, str], boundary: str = "vloc-load-1f2e") -> tuple[bytes, str]:
+    out = b""
+    for name, value in {"image": image, **fields}.items():
+        filename = '; filename="q.png"' if name == "image" else ""
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'.encode()
+        out += (value if isinstance(value, bytes) else value.encode()) + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def valid_requests(data: Path) -> list[Request]:
+    out = []
+    for name in SETS:
+        root = data / "prepared" / name
+        for k, q in enumerate(q for q in read_queries(root / "queries.txt") if q.camera is not None):
+            image, cam, path = (root / "images" / q.name).read_bytes(), _camera(q), f"/maps/{name}/localize"
+            style = k % 3
+            if style == 0:
+                out.append(Request("valid", f"{path}?name={quote(q.name)}&camera={quote(json.dumps(cam))}", image,
+                                   {"Content-Type": "image/png"}, (200, 503)))
+            elif style == 1:
+                body, ctype = _multipart(image, {"camera": json.dumps(cam), "name": q.name})
+                out.append(Request("valid", path, body, {"Content-Type": ctype}, (200, 503)))
+            else:
+                body = json.dumps({"image_base64": base64.b64encode(image).decode(), "camera": cam, "name": q.name})
+                out.append(Request("valid", path, body.encode(), {"Content-Type": "application/json"}, (200, 503)))
+    return out
+
+
+def malformed_requests(valid: list[Request]) -> list[Request]:
+    image = next(r.body for r in valid if r.headers["Content-Type"] == "image/png")
+    path = "/maps/kitti/localize"
+    js = {"Content-Type": "application/json"}
+    return [
+        Request("bad JSON", path, b'{"image_base64": ', js, (400,)),
+        Request("wrong types", path, json.dumps({"image_base64": "aGVsbG8=", "camera": {
+            "model": "PINHOLE", "width": "640", "height": 480, "params": [1, 2, 3, 4]}}).encode(), js, (400,)),
+        Request("missing fields", path, json.dumps({"camera": None, "name": "x"}).encode(), js, (400,)),
+        Request("truncated image", path, image[: len(image) // 2], {"Content-Type": "image/png"}, (200,)),
+        Request("corrupt image", path, bytes(np.random.default_rng(1).integers(0, 256, 50_000, np.uint8)),
+                {"Content-Type": "image/png"}, (200,)),
+        Request("oversize body", path, bytes(MAX_BYTES + 1), {"Content-Type": "image/png"}, (413,)),
+        Request("wrong content type", path, b"hello", {"Content-Type": "text/plain"}, (415,)),
+        Request("slow sender", path, image[:2000], {"Content-Type": "image/png"}, (408,), slow=True),
     ]
-    good, bad = itertools.cycle(valid), itertools.cycle(malformed)
-    return [next(bad) if i % 4 == 3 else next(good) for i in range(n)]
+
+
+def send_slow(req: Request) -> tuple[int | None, dict, bytes]:
+    """The headers, then the body a byte every 0.2 s until the server answers (it must: 408)."""
+    sock = socket.create_connection((HOST, PORT[0]), timeout=30)
+    try:
+        head = (f"POST {req.path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {req.headers['Content-Type']}\r\n"
+                f"Content-Length: {len(req.body)}\r\n\r\n").encode()
+        sock.sendall(head)
+        sock.settimeout(0.2)
+        answer = b""
+        for byte in req.body:
+            try:
+                sock.sendall(bytes([byte]))
+                answer += sock.recv(65536)
+                if answer:
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        sock.settimeout(10)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    finally:
+        sock.close()
+    if not answer.startswith(b"HTTP/1.1 "):
+        return None, {}, b""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ": " in line)
+    return int(head[9:12]), {k.lower(): v for k, v in headers.items()}, body
+
+
+PORT: list[int] = []
 
 
 def send(conn: http.client.HTTPConnection, req: Request) -> Answer:
-    t = time.perf_counter()
+    t, t_wall = time.perf_counter(), time.monotonic()
     try:
-        if "Content-Length" in req.headers:  # a claimed length the body does not have
-            conn.putrequest("POST", req.path)
-            for key, value in req.headers.items():
-                conn.putheader(key, value)
-            conn.endheaders(req.body)
+        if req.slow:
+            status, headers, body = send_slow(req)
+            if status is None:
+                return Answer(req, None, t_wall, time.perf_counter() - t, error="no answer to a slow sender")
         else:
             conn.request("POST", req.path, body=req.body, headers=req.headers)
-        response = conn.getresponse()
-        body = response.read()
+            response = conn.getresponse()
+            body, status = response.read(), response.status
+            headers = {k.lower(): v for k, v in response.getheaders()}
+            if headers.get("connection") == "close":
+                conn.close()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()  # the next request reconnects
-        return Answer(req, None, time.perf_counter() - t, error=f"{type(exc).__name__}: {exc}")
+        return Answer(req, None, t_wall, time.perf_counter() - t, error=f"{type(exc).__name__}: {exc}")
     seconds = time.perf_counter() - t
     try:
         doc = json.loads(body)
     except ValueError:
-        return Answer(req, response.status, seconds, error="response is not JSON")
-    return Answer(req, response.status, seconds, localized=doc.get("status") == "localized")
+        return Answer(req, status, t_wall, seconds, error="response is not JSON")
+    return Answer(req, status, t_wall, seconds, retry_after="retry-after" in headers,
+                  localized=doc.get("status") == "localized")
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """``(VmRSS, VmHWM)`` of a process, in MiB."""
+def rss_mib(pid: int) -> float:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))  # type: ignore[return-value]
+    return int(fields["VmRSS"].split()[0]) / 1024
 
 
-def run_load(port: int, pid: int, requests: list[Request], clients: int) -> tuple[list[Answer], float, list]:
-    """Send ``requests`` from ``clients`` threads; ``(answers, wall seconds, RSS samples)``."""
-    jobs = iter(enumerate(requests))
+def run_load(pid: int, requests: list[Request], clients: int, stop_at: float | None = None) -> tuple[list, float, list]:
+    """Send ``requests`` from ``clients`` threads (until ``stop_at``, a monotonic time, when given)."""
+    jobs = iter(requests)
     lock = threading.Lock()
     answers: list[Answer] = []
-    memory = [("start", *rss_mib(pid))]
+    memory: list[tuple[int, float]] = []
 
     def client() -> None:
-        conn = http.client.HTTPConnection(HOST, port, timeout=120)
+        conn = http.client.HTTPConnection(HOST, PORT[0], timeout=120)
         while True:
             with lock:
-                job = next(jobs, None)
-            if job is None:
+                req = next(jobs, None)
+            if req is None or (stop_at is not None and time.monotonic() > stop_at + 3):
                 break
-            answer = send(conn, job[1])
+            answer = send(conn, req)
             with lock:
                 answers.append(answer)
-                if len(answers) == len(requests) // 2:
-                    memory.append(("middle", *rss_mib(pid)))
+                if len(answers) % max(len(requests) // 20, 1) == 0 and stop_at is None:
+                    memory.append((len(answers), rss_mib(pid)))
         conn.close()
 
     t = time.perf_counter()
@@ -131,9 +215,7 @@ def run_load(port: int, pid: int, requests: list[Request], clients: int) -> tupl
         th.start()
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t
-    memory.append(("end", *rss_mib(pid)))
-    return answers, wall, memory
+    return answers, time.perf_counter() - t, memory
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -143,65 +225,112 @@ def percentiles(seconds: list[float]) -> str:
     return "".join(f"{v:>9.1f}" for v in p) + f"{max(seconds) * 1000:>9.1f}"
 
 
-def report(answers: list[Answer], sent: int, clients: int, wall: float, memory: list) -> bool:
-    """Print the table; True when nothing went wrong (no 5xx, nothing lost, only expected codes)."""
+def report(answers: list[Answer], sent: int, clients: int, wall: float, memory: list, single_rate: float) -> bool:
     answered = [a for a in answers if a.status is not None]
     codes = Counter(a.status for a in answered)
-    unexpected = [a for a in answered if a.status != a.request.expect]
+    unexpected = [a for a in answered if a.status not in a.request.expect]
     valid = [a for a in answered if a.request.kind == "valid"]
-    fivexx = sum(n for c, n in codes.items() if c >= 500)
+    bad_5xx = sum(1 for a in answered if a.request.kind != "valid" and a.status >= 500)
+    busy = [a for a in valid if a.status == 503]
     lost = sent - len(answered)
-    print(f"\n{'requests sent':<28}{sent:>9}   ({clients} concurrent clients)")
-    print(f"{'answered':<28}{len(answered):>9}")
-    print(f"{'lost (no answer)':<28}{lost:>9}")
+    rate = sum(1 for a in valid if a.status == 200) / wall
+    print(f"\n{'requests sent':<32}{sent:>9}   ({clients} concurrent clients, one third malformed)")
+    print(f"{'lost (no answer)':<32}{lost:>9}")
     for code in sorted(codes):
-        print(f"{f'  status {code}':<28}{codes[code]:>9}")
-    print(f"{'5xx':<28}{fivexx:>9}")
-    print(f"{'unexpected status':<28}{len(unexpected):>9}")
-    print(f"{'valid queries localized':<28}{sum(a.localized for a in valid):>9} of {len(valid)}")
-    print(f"{'throughput':<28}{len(answered) / wall:>9.2f} req/s over {wall:.1f} s")
-    print(f"\n{'latency (ms)':<28}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
-    groups = [("valid", lambda k: k == "valid"), ("malformed", lambda k: k != "valid")]
-    groups += [(f"  {kind}", lambda k, kind=kind: k == kind)
-               for kind in sorted({a.request.kind for a in answered} - {"valid"})]
-    for label, pick in groups:
-        print(f"{label:<28}{percentiles([a.seconds for a in answered if pick(a.request.kind)])}")
-    print(f"\n{'server memory (MiB)':<28}{'VmRSS':>9}{'VmHWM':>9}")
-    for label, rss, hwm in memory:
-        print(f"{label:<28}{rss:>9.1f}{hwm:>9.1f}")
+        print(f"{f'  status {code}':<32}{codes[code]:>9}")
+    print(f"{'5xx for bad input':<32}{bad_5xx:>9}")
+    print(f"{'unexpected status':<32}{len(unexpected):>9}")
+    print(f"{'valid: 200 / 503':<32}{len(valid) - len(busy):>9} / {len(busy)} "
+          f"({sum(a.retry_after for a in busy)} with Retry-After); localized {sum(a.localized for a in valid)}")
+    print(f"{'valid localizations per s':<32}{rate:>9.2f}   single client {single_rate:.2f} "
+          f"-> {rate / single_rate:.2f}x; all requests {len(answered) / wall:.2f}/s over {wall:.1f} s")
+    print(f"\n{'latency (ms)':<32}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}")
+    for code in sorted(codes):
+        print(f"{f'  status {code}':<32}{percentiles([a.seconds for a in answered if a.status == code])}")
+    for kind in sorted({a.request.kind for a in answered}):
+        print(f"{f'  {kind}':<32}{percentiles([a.seconds for a in answered if a.request.kind == kind])}")
+    quarters = [[m for n, m in memory if q * sent / 4 < n <= (q + 1) * sent / 4] for q in range(4)]
+    print(f"\n{'server RSS (MiB) per quarter':<32}" + "".join(f"{(max(q) if q else float('nan')):>9.1f}" for q in quarters))
+    later = [m for q in quarters[1:] for m in q]
+    steady = bool(later) and max(later) <= 1.1 * min(later)
+    print(f"{'steady from the 2nd quarter':<32}{str(steady):>9}   (max / min {max(later) / min(later):.3f})")
     for a in (unexpected + [a for a in answers if a.status is None])[:10]:
         print(f"problem: {a.request.kind}: expected {a.request.expect}, got {a.status} {a.error}")
-    return fivexx == 0 and lost == 0 and not unexpected
+    return bad_5xx == 0 and lost == 0 and not unexpected and steady and rate >= 0.9 * single_rate
+
+
+def build_maps(data: Path, work: Path) -> list[str]:
+    from vloc.config import get_preset
+    from vloc.io.datasets import open_prepared
+    from vloc.mapping.build import build_map
+
+    specs = []
+    for name in SETS:
+        ds, out = open_prepared(data / "prepared" / name), work / f"{name}-sift"
+        if not out.exists():
+            build_map(ds.images, out, get_preset("sift"), reference=ds.ref_model)
+        specs.append(f"{name}={out.resolve()}")
+    return specs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--map", type=Path, required=True, help="a built map directory")
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--work", type=Path, required=True, help="maps are built here once")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--single", type=int, default=40, help="valid requests of the single-client run")
+    parser.add_argument("--sigterm-after", type=float, help="also a second load run, SIGTERM this many seconds in")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     args = parser.parse_args()
-    requests = make_requests(args.data, args.requests)
+    args.work.mkdir(parents=True, exist_ok=True)
+    specs = build_maps(args.data, args.work)
+    valid = valid_requests(args.data)
+    bad = malformed_requests(valid)
+    good_it, bad_it = itertools.cycle(valid), itertools.cycle(bad)
+    requests = [next(bad_it) if i % 3 == 2 else next(good_it) for i in range(args.requests)]
     log: list[str] = []
-    t = time.perf_counter()
-    proc, port = start_server(args.map.resolve(), log)
-    print(f"server pid {proc.pid} on port {port}, ready after {time.perf_counter() - t:.1f} s")
+    proc, port = start_server(specs, log, max_bytes=MAX_BYTES, body_timeout_s=BODY_TIMEOUT_S)
+    PORT[:] = [port]
+    print(f"server pid {proc.pid} on port {port}; load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
+    ok = True
     try:
-        answers, wall, memory = run_load(port, proc.pid, requests, args.clients)
+        single, single_wall, _ = run_load(proc.pid, list(itertools.islice(itertools.cycle(valid), args.single)), 1)
+        single_rate = sum(a.status == 200 for a in single) / single_wall
+        answers, wall, memory = run_load(proc.pid, requests, args.clients)
+        ok = report(answers, len(requests), args.clients, wall, memory, single_rate)
     finally:
-        proc.send_signal(signal.SIGINT)  # serve() shuts down cleanly on KeyboardInterrupt
-        try:
-            code = proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    ok = report(answers, len(requests), args.clients, wall, memory)
-    print(f"{'server exit code':<28}{code:>9}   (after SIGINT)")
-    errors = [i for i, line in enumerate(log) if line.startswith(("ERROR", "Traceback", "Exception"))]
-    print(f"{'server errors logged':<28}{len(errors):>9}")
-    if errors:
-        print("\n".join(log[errors[0]:errors[0] + 25]))
-    return 0 if ok and code == 0 and not errors else 1
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    print(f"{'server exit code':<32}{code:>9}   (SIGTERM after the run)")
+    errors = [line for line in log if line.startswith(("ERROR", "Traceback"))]
+    print(f"{'server errors logged':<32}{len(errors):>9}")
+    ok &= code == 0 and not errors
+    if args.sigterm_after:
+        ok &= sigterm_run(specs, requests, args.clients, args.sigterm_after)
+    return 0 if ok else 1
+
+
+def sigterm_run(specs: list[str], requests: list[Request], clients: int, after: float) -> bool:
+    log: list[str] = []
+    proc, port = start_server(specs, log, max_bytes=MAX_BYTES, body_timeout_s=BODY_TIMEOUT_S)
+    PORT[:] = [port]
+    signal_at = time.monotonic() + after
+    timer = threading.Timer(after, proc.send_signal, (signal.SIGTERM,))
+    timer.start()
+    answers, _, _ = run_load(proc.pid, requests, clients, stop_at=signal_at)
+    try:
+        code = proc.wait(max(signal_at + 10 - time.monotonic(), 0.1))
+    except subprocess.TimeoutExpired:
+        code = None
+        proc.kill()
+    exit_s = time.monotonic() - signal_at
+    before = [a for a in answers if a.sent < signal_at]
+    unanswered = [a for a in before if a.status is None]
+    print(f"\nSIGTERM after {after:g} s: {len(before)} requests sent before it, {len(unanswered)} unanswered; "
+          f"{len(answers) - len(before)} sent after it; exit code {code} {exit_s:.1f} s after the signal")
+    for a in unanswered[:5]:
+        print(f"problem: {a.request.kind} sent {signal_at - a.sent:.2f} s before the signal: {a.error}")
+    return code == 0 and exit_s < 10 and not unanswered
 
 
 if __name__ == "__main__":

@@ -277,3 +277,15 @@ def test_sigterm_answers_what_was_sent_and_exits_0():
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_an_oversize_body_is_read_and_dropped_before_the_413(serve):
+    port = serve({"a": StandIn()}, max_bytes=1000)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/localize", body=bytes(300_000), headers={"Content-Type": "image/png"})
+    response = conn.getresponse()
+    assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
+    assert response.getheader("Connection") is None  # drained: the same connection serves the next request
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    conn.close()

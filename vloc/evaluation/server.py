@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 import sys
@@ -11,17 +12,22 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 SERVER_CODE = """
-import logging, sys
+import json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("vloc.serve.access").setLevel(logging.WARNING)  # one line per request: not for a load test
+from vloc.serve.app import ServeConf
 from vloc.serve.server import serve
-serve(sys.argv[1], "127.0.0.1", 0, preset=sys.argv[2] or None)
+serve(json.loads(sys.argv[1]), "127.0.0.1", 0, preset=sys.argv[2] or None, conf=ServeConf(**json.loads(sys.argv[3])))
 """
 
 
-def start_server(map_dir: Path, log: list[str], preset: str | None = None) -> tuple[subprocess.Popen, int]:
-    """The service in its own process; its port, from the "serving ... at http://HOST:PORT" log line."""
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, str(map_dir), preset or ""], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def start_server(maps: Path | str | list[str], log: list[str], preset: str | None = None,
+                 **conf) -> tuple[subprocess.Popen, int]:
+    """The service in its own process (``maps``: a map directory or ``NAME=DIR`` specs; ``conf``:
+    :class:`~vloc.serve.app.ServeConf` fields); its port, from the "serving ... at http://HOST:PORT" log line."""
+    specs = [str(maps)] if isinstance(maps, (str, Path)) else [str(m) for m in maps]
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, json.dumps(specs), preset or "", json.dumps(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found = threading.Event()
     port: list[int] = []
 

@@ -46,6 +46,7 @@ access_logger = logging.getLogger("vloc.serve.access")  # one line per request (
 
 DEFAULT_MAX_BYTES = 20 * 2**20
 RAW_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+DRAIN_BYTES = 64 * 2**20  # oversize bodies up to this are read and dropped before the 413 (see Service._drained)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,7 +125,7 @@ class Service:
                             {"Connection": "close"})
         values = request.headers.getlist("content-length")
         if not values:
-            raise HttpError(411, "Content-Length required", {"Connection": "close"})
+            raise HttpError(411, "Content-Length required")  # and no Transfer-Encoding: no body follows
         if len(values) > 1 or not values[0].strip().isdigit() or len(values[0].strip()) > 20:
             raise HttpError(400, f"invalid Content-Length {', '.join(values)!r}", {"Connection": "close"})
         n = int(values[0])
@@ -219,10 +220,30 @@ class Service:
                 raise HttpError(404, f"no map {map_name!r}; maps: {', '.join(self.maps)}")
             return await self.localize(request, self.maps[map_name])
         except HttpError as exc:
+            if exc.status == 413 and await self._drained(request):
+                exc.headers.pop("Connection", None)  # the body was read (and dropped): the connection goes on
             return _error(exc.status, exc.message, exc.headers, **exc.extra)
         except Exception:  # a bug, or the localizer failing: answered, never a dropped connection
             logger.exception("%s %s failed", request.method, request.url.path)
             return _error(500, "internal server error (see the server log)", {"Connection": "close"})
+
+    async def _drained(self, request: Request) -> bool:
+        """Read and drop an oversize body of at most ``DRAIN_BYTES`` within the body deadline, so
+        that the client, still sending it, reads the 413 instead of a reset connection. Larger
+        bodies are not waited for: the answer closes the connection."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > DRAIN_BYTES or request.headers.get("expect"):
+            return False
+
+        async def drain() -> None:
+            async for _ in request.stream():
+                pass
+
+        try:
+            await asyncio.wait_for(drain(), self.conf.body_timeout_s)
+            return True
+        except (asyncio.TimeoutError, OSError, RuntimeError):
+            return False
 
     def _release(self, served: ServedMap) -> None:
         served.in_flight -= 1  # runs on the event loop (a done callback of an asyncio future)
