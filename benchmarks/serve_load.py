@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from vloc.evaluation.server import HOST, start_server
+from vloc.evaluation.server import HOST, read_until_closed, start_server
 from vloc.io.cameras import read_queries
 
 MAX_BYTES = 2 * 2**20
@@ -139,12 +139,7 @@ def send_slow(req: Request) -> tuple[int | None, dict, bytes]:
                 continue
             except OSError:
                 break
-        sock.settimeout(10)
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except OSError:
-            pass
+        answer += read_until_closed(sock, 10)
     finally:
         sock.close()
     if not answer.startswith(b"HTTP/1.1 "):

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vloc.localization.result import LocalizationResult
+from vloc.evaluation.server import read_until_closed
 from vloc.serve.app import ServeConf, Service
 from vloc.serve.server import ThreadedServer
 
 STAND_IN = '''
 import time
 from dataclasses import dataclass, field
-from vloc.localization.result import LocalizationResult
+from vloc.evaluation.server import read_until_closed
 
 
 @dataclass
@@ -163,15 +163,21 @@ def test_several_maps_and_shared_models(kitti_map, serve):
     assert status == 404 and "no map 'c'" in json.loads(raw)["error"]
 
 
-def test_a_full_queue_answers_503_with_retry_after(serve):
-    port = serve({"a": StandIn(delay=1.0)}, queue=2)
-    answers = []
-    threads = [threading.Thread(target=lambda: answers.append(localize(port))) for _ in range(5)]
+def concurrently(port: int, n: int, gap_s: float) -> list[tuple[int, dict, bytes]]:
+    """``n`` localizations from ``n`` threads started ``gap_s`` apart; their answers."""
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(localize(port))) for _ in range(n)]
     for t in threads:
         t.start()
-        time.sleep(0.05)
+        time.sleep(gap_s)
     for t in threads:
         t.join(30)
+    return answers
+
+
+def test_a_full_queue_answers_503_with_retry_after(serve):
+    port = serve({"a": StandIn(delay=1.0)}, queue=2)
+    answers = concurrently(port, 5, 0.05)
     statuses = sorted(a[0] for a in answers)
     assert statuses == [200, 200, 503, 503, 503]
     busy = [a for a in answers if a[0] == 503]
@@ -181,13 +187,7 @@ def test_a_full_queue_answers_503_with_retry_after(serve):
 
 def test_the_deadline_answers_504_with_the_stage(serve):
     port = serve({"a": StandIn(delay=1.5)}, timeout_s=0.5)
-    answers = []
-    threads = [threading.Thread(target=lambda: answers.append(localize(port))) for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.1)
-    for t in threads:
-        t.join(30)
+    answers = concurrently(port, 2, 0.1)
     stages = sorted(json.loads(a[2])["stage"] for a in answers if a[0] == 504)
     assert stages == ["localizing", "queued"]  # the second waited behind the first
 
@@ -204,12 +204,7 @@ def test_a_slow_sender_is_cut_off(serve):
             time.sleep(0.25)
     except OSError:
         pass  # the server closed the connection
-    sock.settimeout(5)
-    try:
-        while chunk := sock.recv(65536):
-            answer += chunk
-    except OSError:
-        pass
+    answer += read_until_closed(sock, 5)
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert time.monotonic() - t < 6

@@ -59,3 +59,15 @@ def start_server(maps: Path | str | list[str], log: list[str], preset: str | Non
         time.sleep(0.2)
     proc.kill()
     raise SystemExit("the server never answered /health:\n" + "\n".join(log[-30:]))
+
+
+def read_until_closed(sock, timeout_s: float) -> bytes:
+    """What ``sock`` still receives until the peer closes it (or ``timeout_s`` of silence)."""
+    sock.settimeout(timeout_s)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except OSError:
+        pass
+    return out

@@ -19,8 +19,11 @@ from vloc.report.page import esc, figure_html, jpeg_data_uri, table_html, write_
 
 logger = logging.getLogger(__name__)
 
-THUMB_PX = 96  # height of a retrieved map image's thumbnail
-MATCH_PX = 240  # height of the query | map image picture
+# Sizes chosen for a 1,000-query report under 50 MB (docs/benchmarks.md, "Reports"): map
+# thumbnails are embedded once per page, each query's picture once; images decode lazily.
+THUMB_SIDE, THUMB_QUALITY = 160, 60  # a retrieved map image (shown 72 px high)
+MATCH_PX, MATCH_QUALITY = 200, 65  # height of the query | map image picture
+LAZY = "loading='lazy' decoding='async'"
 
 
 class ReportError(ValueError):
@@ -106,7 +109,7 @@ class _MapSide:
         """The key of ``name``'s thumbnail in ``vlocData.thumbs`` ("" when the image is not found)."""
         if name not in self.thumbs:
             image = self.image(name)
-            self.thumbs[name] = jpeg_data_uri(image, THUMB_PX * 2, 70) if image is not None else ""
+            self.thumbs[name] = jpeg_data_uri(image, THUMB_SIDE, THUMB_QUALITY) if image is not None else ""
         return name if self.thumbs[name] else ""
 
     def best_image(self, retrieved: list[str], inlier_ids: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
@@ -206,7 +209,7 @@ def _card(q: dict, run: Run, side: _MapSide, errors: dict) -> str:
     facts.append("time " + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()) + f" (total {sum(timings.values()):.3f} s)")
     body = head + "<p class='kv'>" + " · ".join(facts) + "</p>"
     scores = q.get("retrieved_scores") or [None] * len(q.get("retrieved", []))
-    thumbs = "".join(f"<figure><img data-thumb='{esc(side.thumb(n))}' alt='{esc(n)}'><figcaption>{esc(n)}"
+    thumbs = "".join(f"<figure><img {LAZY} data-thumb='{esc(side.thumb(n))}' alt='{esc(n)}'><figcaption>{esc(n)}"
                      f"{'' if s is None else f' {s:.3f}'}</figcaption></figure>" for n, s in zip(q.get("retrieved", []), scores))
     if thumbs:
         body += f"<div class='thumbs'>{thumbs}</div>"
@@ -216,7 +219,7 @@ def _card(q: dict, run: Run, side: _MapSide, errors: dict) -> str:
         return f"<div class='card {status}'>{body}<p class='note'>query image not shown: {esc(exc)}</p></div>"
     matches = q.get("matches")
     if not matches:
-        return f"<div class='card {status}'>{body}<img class='queryimg' src='{jpeg_data_uri(query, 360, 70)}'></div>"
+        return f"<div class='card {status}'>{body}<img {LAZY} class='queryimg' src='{jpeg_data_uri(query, 2 * MATCH_PX, MATCH_QUALITY)}'></div>"
     points = np.asarray(matches["points2D"], float).reshape(-1, 2)
     inlier = np.zeros(len(points), bool)
     inlier[np.asarray(matches["inliers"], int)] = True
@@ -230,7 +233,7 @@ def _card(q: dict, run: Run, side: _MapSide, errors: dict) -> str:
         caption += f"; right: {esc(name)}, which observes {len(seen)} of the inliers (some drawn as lines)"
     elif name:
         caption += f"; map image {esc(name)} not found"
-    return (f"<div class='card {status}'>{body}<img class='matchimg' src='{jpeg_data_uri(picture, 960, 70)}'>"
+    return (f"<div class='card {status}'>{body}<img {LAZY} class='matchimg' src='{jpeg_data_uri(picture, 4 * MATCH_PX, MATCH_QUALITY)}'>"
             f"<p class='note'>{caption}</p></div>")
 
 
