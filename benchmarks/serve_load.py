@@ -247,8 +247,12 @@ def report(answers: list[Answer], sent: int, clients: int, wall: float, memory: 
     quarters = [[m for n, m in memory if q * sent / 4 < n <= (q + 1) * sent / 4] for q in range(4)]
     print(f"\n{'server RSS (MiB) per quarter':<32}" + "".join(f"{(max(q) if q else float('nan')):>9.1f}" for q in quarters))
     later = [m for q in quarters[1:] for m in q]
-    steady = bool(later) and max(later) <= 1.1 * min(later)
-    print(f"{'steady from the 2nd quarter':<32}{str(steady):>9}   (max / min {max(later) / min(later):.3f})")
+    growth = later[-1] / later[0] if later else float("nan")
+    steady = bool(later) and abs(growth - 1) <= 0.1
+    print(f"{'server RSS min / max per quarter':<32}" + "".join(
+        f"{(f'{min(q):.0f}/{max(q):.0f}' if q else '-'):>11}" for q in quarters))
+    print(f"{'steady from the 2nd quarter':<32}{str(steady):>9}   (end / start of the 2nd quarter {growth:.3f}; "
+          f"range there {min(later):.0f}-{max(later):.0f} MiB)")
     for a in (unexpected + [a for a in answers if a.status is None])[:10]:
         print(f"problem: {a.request.kind}: expected {a.request.expect}, got {a.status} {a.error}")
     return bad_5xx == 0 and lost == 0 and not unexpected and steady and rate >= 0.9 * single_rate

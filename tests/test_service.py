@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -23,7 +22,7 @@ from vloc.serve.server import ThreadedServer
 STAND_IN = '''
 import time
 from dataclasses import dataclass, field
-from vloc.evaluation.server import read_until_closed
+from vloc.localization.result import LocalizationResult
 
 
 @dataclass

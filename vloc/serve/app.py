@@ -167,6 +167,7 @@ class Service:
         except asyncio.TimeoutError:
             raise HttpError(408, f"the body did not arrive within {self.conf.body_timeout_s:g} s "
                             f"({size} of {length} bytes)", {"Connection": "close"}) from None
+        request.state.body_read = True
         body = b"".join(chunks)
         if len(body) < length:
             raise HttpError(400, f"body ended after {len(body)} of {length} bytes", {"Connection": "close"})
@@ -220,7 +221,7 @@ class Service:
                 raise HttpError(404, f"no map {map_name!r}; maps: {', '.join(self.maps)}")
             return await self.localize(request, self.maps[map_name])
         except HttpError as exc:
-            if exc.status == 413 and await self._drained(request):
+            if exc.headers.get("Connection") == "close" and await self._drained(request):
                 exc.headers.pop("Connection", None)  # the body was read (and dropped): the connection goes on
             return _error(exc.status, exc.message, exc.headers, **exc.extra)
         except Exception:  # a bug, or the localizer failing: answered, never a dropped connection
@@ -228,11 +229,12 @@ class Service:
             return _error(500, "internal server error (see the server log)", {"Connection": "close"})
 
     async def _drained(self, request: Request) -> bool:
-        """Read and drop an oversize body of at most ``DRAIN_BYTES`` within the body deadline, so
-        that the client, still sending it, reads the 413 instead of a reset connection. Larger
-        bodies are not waited for: the answer closes the connection."""
+        """Read and drop the unread body of a refused request (at most ``DRAIN_BYTES``, within the
+        body deadline), so that the client, maybe still sending it, reads the answer instead of a
+        reset connection. Larger bodies are not waited for: the answer closes the connection."""
         length = request.headers.get("content-length", "")
-        if not length.isdigit() or int(length) > DRAIN_BYTES or request.headers.get("expect"):
+        if (not length.isdigit() or int(length) > DRAIN_BYTES or request.headers.get("expect")
+                or getattr(request.state, "body_read", False)):
             return False
 
         async def drain() -> None:
