@@ -152,6 +152,7 @@ class Service:
     async def _read_body(self, request: Request, length: int, deadline: float) -> bytes:
         """The body, chunk by chunk: over ``max_bytes`` is a 413, not complete by ``deadline`` a 408."""
         chunks, size = [], 0
+        request.state.body_read = True  # started: a refusal from here on does not drain it
 
         async def read() -> None:
             nonlocal size
@@ -167,7 +168,6 @@ class Service:
         except asyncio.TimeoutError:
             raise HttpError(408, f"the body did not arrive within {self.conf.body_timeout_s:g} s "
                             f"({size} of {length} bytes)", {"Connection": "close"}) from None
-        request.state.body_read = True
         body = b"".join(chunks)
         if len(body) < length:
             raise HttpError(400, f"body ended after {len(body)} of {length} bytes", {"Connection": "close"})
