@@ -17,7 +17,8 @@ deadline, so that oversize bodies and slow senders are cheap to make), waits for
 
 Prints counts per status, lost requests, 5xx, unexpected answers, 503s (with Retry-After),
 throughput against the single-client rate, latency percentiles per status, and the server's
-resident memory per quarter of the run. Exits non-zero when a requirement is missed.
+resident memory per quarter of the run (RssAnon, the server's own allocations, and VmRSS, which
+adds the map files' resident pages). Exits non-zero when a requirement is missed.
 """
 from __future__ import annotations
 
@@ -178,9 +179,11 @@ def send(conn: http.client.HTTPConnection, req: Request) -> Answer:
                   localized=doc.get("status") == "localized")
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> tuple[float, float]:
+    """``(RssAnon, VmRSS)`` of the server in MiB: RssAnon is what it allocated itself; VmRSS adds the
+    resident pages of memory-mapped map files, which the kernel loads and evicts as it likes."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024
+    return int(fields["RssAnon"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
 
 
 def run_load(pid: int, requests: list[Request], clients: int, stop_at: float | None = None) -> tuple[list, float, list]:
@@ -244,15 +247,21 @@ def report(answers: list[Answer], sent: int, clients: int, wall: float, memory: 
         print(f"{f'  status {code}':<32}{percentiles([a.seconds for a in answered if a.status == code])}")
     for kind in sorted({a.request.kind for a in answered}):
         print(f"{f'  {kind}':<32}{percentiles([a.seconds for a in answered if a.request.kind == kind])}")
-    quarters = [[m for n, m in memory if q * sent / 4 < n <= (q + 1) * sent / 4] for q in range(4)]
-    print(f"\n{'server RSS (MiB) per quarter':<32}" + "".join(f"{(max(q) if q else float('nan')):>9.1f}" for q in quarters))
-    later = [m for q in quarters[1:] for m in q]
-    growth = later[-1] / later[0] if later else float("nan")
-    steady = bool(later) and abs(growth - 1) <= 0.1
-    print(f"{'server RSS min / max per quarter':<32}" + "".join(
-        f"{(f'{min(q):.0f}/{max(q):.0f}' if q else '-'):>11}" for q in quarters))
-    print(f"{'steady from the 2nd quarter':<32}{str(steady):>9}   (end / start of the 2nd quarter {growth:.3f}; "
-          f"range there {min(later):.0f}-{max(later):.0f} MiB)")
+    steady = True
+    for k, label in enumerate(("RssAnon", "VmRSS")):
+        quarters = [[m[k] for n, m in memory if q * sent / 4 < n <= (q + 1) * sent / 4] for q in range(4)]
+        later = [m for q in quarters[1:] for m in q]
+        print(f"{f'server {label} MiB, min/max per quarter':<40}" + "".join(
+            f"{(f'{min(q):.0f}/{max(q):.0f}' if q else '-'):>11}" for q in quarters))
+        if k == 0 and later:  # the requirement is on the process's own memory
+            # A sample falls anywhere in the working memory of the localizations in flight (two
+            # SIFT scale spaces of a doubled kitti frame: ~200 MiB), so single samples swing; a
+            # leak shows in the peaks: each quarter's peak within 10 % of the others' from the 2nd on.
+            peaks = [max(q) for q in quarters[1:] if q]
+            steady = max(peaks) <= 1.1 * min(peaks)
+            print(f"{'RssAnon peaks within 10 %, quarters 2-4':<40}{str(steady):>11}   (peaks "
+                  f"{' / '.join(f'{p:.0f}' for p in peaks)} MiB: max / min {max(peaks) / min(peaks):.3f}; "
+                  f"all samples {min(later):.0f}-{max(later):.0f})")
     for a in (unexpected + [a for a in answers if a.status is None])[:10]:
         print(f"problem: {a.request.kind}: expected {a.request.expect}, got {a.status} {a.error}")
     return bad_5xx == 0 and lost == 0 and not unexpected and steady and rate >= 0.9 * single_rate
