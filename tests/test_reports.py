@@ -20,7 +20,6 @@ from vloc.localization.batch import localize_queries
 from vloc.localization.localizer import Localizer
 from vloc.localization.result import LocalizationResult
 from vloc.report.localization import ReportError, write_localization_report
-from vloc.report.map_health import write_map_report
 from vloc.report.view3d import write_map_view
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pycolmap
 import pytest
 
+from vloc.io.poses import world_pose_covariance
 from vloc.localization.result import LocalizationResult
 from vloc.serve.ros2 import (
     camera_from_info,
     decode_image,
     fill_pose_with_covariance,
     fill_transform,
-    world_pose_covariance,
 )
 
 RNG = np.random.default_rng(0)

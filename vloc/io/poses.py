@@ -47,3 +47,15 @@ def write_poses(path: Path | str, poses: dict[str, pycolmap.Rigid3d]) -> None:
     """Write atomically: a reader never sees a half-written list."""
     write_text_atomic(Path(path), "".join(format_pose(n, p) + "\n" for n, p in poses.items()))
 
+
+
+def world_pose_covariance(cam_from_world: pycolmap.Rigid3d, covariance: np.ndarray) -> np.ndarray:
+    """pycolmap's ``(6, 6)`` covariance of ``cam_from_world`` (rotation then translation, the
+    rotation perturbed on the left) -> the covariance of the camera's pose in the world frame:
+    centre x, y, z, then rotation about the world's x, y, z axes (ROS's order)."""
+    R, t = cam_from_world.rotation.matrix(), np.asarray(cam_from_world.translation)
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    J = np.zeros((6, 6))
+    J[:3, :3], J[:3, 3:] = -R.T @ tx, -R.T  # centre = -R^T t; w moves it by -R^T [t]x w
+    J[3:, :3] = -R.T  # world_from_cam rotation R^T: its world-frame perturbation is -R^T w
+    return J @ np.asarray(covariance, float) @ J.T

@@ -40,13 +40,11 @@ class LocalizationResult:
         rotation (degrees) from the pose covariance; None without one."""
         if self.covariance is None or self.cam_from_world is None:
             return None
-        cov = np.asarray(self.covariance, float)
-        R, t = self.cam_from_world.rotation.matrix(), self.cam_from_world.translation
-        # centre = -R^T t; a rotation perturbation w (R -> exp([w]) R) moves it by -R^T [t]x w
-        tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-        J = np.hstack([-R.T @ tx, -R.T])
-        position = float(np.sqrt(max(np.trace(J @ cov @ J.T), 0.0)))
-        rotation = float(np.rad2deg(np.sqrt(max(np.trace(cov[:3, :3]), 0.0))))
+        from vloc.io.poses import world_pose_covariance
+
+        world = world_pose_covariance(self.cam_from_world, self.covariance)
+        position = float(np.sqrt(max(np.trace(world[:3, :3]), 0.0)))
+        rotation = float(np.rad2deg(np.sqrt(max(np.trace(world[3:, 3:]), 0.0))))  # = the trace of cov[:3, :3]
         return {"position_sigma": position, "rotation_sigma_deg": rotation}
 
     def to_dict(self, details: bool = False) -> dict:

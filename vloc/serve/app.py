@@ -295,10 +295,6 @@ class Service:
         async def metrics() -> Response:
             return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
-        @app.exception_handler(HttpError)
-        async def http_error(request: Request, exc: HttpError) -> JSONResponse:
-            return _error(exc.status, exc.message, exc.headers, **exc.extra)
-
         @app.exception_handler(StarletteHTTPException)
         async def starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
             message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

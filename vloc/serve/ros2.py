@@ -10,6 +10,7 @@ import numpy as np
 import pycolmap
 
 from vloc.io.cameras import camera_from_fields
+from vloc.io.poses import world_pose_covariance
 
 # encoding -> (channels, dtype, OpenCV conversion to RGB or None, order of the colour channels)
 _PLAIN = {
@@ -102,18 +103,6 @@ def camera_from_info(width: int, height: int, k: list[float], d: list[float], di
         return camera_from_fields("OPENCV_FISHEYE", width, height, [fx, fy, cx, cy, *(d + [0.0] * 4)[:4]], where)
     raise ValueError(f"CameraInfo distortion model {distortion_model!r} is not supported (plumb_bob, "
                      "rational_polynomial, equidistant)")
-
-
-def world_pose_covariance(cam_from_world: pycolmap.Rigid3d, covariance: np.ndarray) -> np.ndarray:
-    """pycolmap's ``(6, 6)`` covariance of ``cam_from_world`` (rotation then translation, the
-    rotation perturbed on the left) -> ROS's covariance of the camera's pose in the map frame:
-    position x, y, z, then rotation about the map's x, y, z axes."""
-    R, t = cam_from_world.rotation.matrix(), np.asarray(cam_from_world.translation)
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    J = np.zeros((6, 6))
-    J[:3, :3], J[:3, 3:] = -R.T @ tx, -R.T  # centre = -R^T t
-    J[3:, :3] = -R.T  # world_from_cam rotation R^T: its map-frame perturbation is -R^T w
-    return J @ np.asarray(covariance, float) @ J.T
 
 
 def fill_pose_with_covariance(msg: Any, result: Any, stamp: Any, frame_id: str = "map") -> Any:
