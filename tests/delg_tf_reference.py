@@ -3,7 +3,8 @@
 Builds DELG in TF1 graph mode from tf_slim's own ``resnet_v1_50`` plus the heads (built with
 ``tf_slim`` layers under ``resnet_arg_scope``, under the variable names vloc's converter expects),
 gives every variable random values (BN statistics included, so that no layer is an identity), saves a
-``tf.compat.v1.train.Saver`` checkpoint and writes each image's activations to an ``.npz``.
+``tf.compat.v1.train.Saver`` checkpoint and a TF1-format SavedModel (``tf1_saved_model``), and writes
+each image's activations to an ``.npz``.
 
 usage: delg_tf_reference.py OUT_DIR SEED IMAGE.npy [IMAGE.npy ...]   (images: uint8 (H, W, 3) RGB)
 """
@@ -105,6 +106,13 @@ def main(out_dir: str, seed: str, *image_files: str) -> None:
         sess.run(tf.compat.v1.global_variables_initializer())
         randomize(sess, np.random.default_rng(int(seed)))
         tf.compat.v1.train.Saver().save(sess, str(out / "ckpt" / "model.ckpt"), write_meta_graph=False)
+        # the same network as a TF1-format SavedModel (the format the official releases most likely have)
+        builder = tf.compat.v1.saved_model.Builder(str(out / "tf1_saved_model"))
+        signature = tf.compat.v1.saved_model.predict_signature_def(
+            {"input_image": placeholder}, {"global_descriptor": tensors["global_descriptor"],
+                                           "attention": tensors["attention"]})
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={"serving_default": signature})
+        builder.save()
         for i, image in enumerate(images):
             values = sess.run(tensors, {placeholder: image[None].astype(np.float32)})
             # NHWC -> NCHW, as torch returns them

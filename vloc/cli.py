@@ -29,6 +29,8 @@ def cmd_map_build(args: argparse.Namespace) -> int:
     from vloc.mapping.build import build_map
 
     preset = get_preset(args.preset)
+    if args.global_delg is not None:
+        preset = preset.with_overrides(global_desc=_delg_global(args.global_delg))
     if args.retrieval_k is not None or args.sequential is not None:
         preset = preset.with_overrides(pairs=PairsConf(
             num_retrieved=preset.pairs.num_retrieved if args.retrieval_k is None else args.retrieval_k,
@@ -39,6 +41,16 @@ def cmd_map_build(args: argparse.Namespace) -> int:
                          work=args.work, workers=args.workers, ray=args.ray)
     print(f"{args.out}: {manifest.summary}")
     return 0
+
+
+def _delg_global(weights: Path):
+    """The global configuration for a vloc DELG file (checked now, not at the first image)."""
+    from vloc.config import GlobalConf
+    from vloc.models.delg import read_delg_file
+
+    path = weights.expanduser().resolve()
+    blob = read_delg_file(path)
+    return GlobalConf(name="delg", variant=blob["variant"], weights=str(path), resize_max=1024)
 
 
 def _build_cameras(args: argparse.Namespace):
@@ -231,8 +243,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
     if args.weights_command == "convert-delg":
         from vloc.models.delg_convert import convert_delg
 
-        out = convert_delg(args.checkpoint, args.out, args.variant, args.attention_threshold)
-        print(f"{args.checkpoint} -> {out}")
+        done = convert_delg(args.checkpoint, args.out, args.variant, args.attention_threshold, args.attention_input,
+                            args.gem_power, args.extraction)
+        print(f"{args.checkpoint} -> {done.summary()}")
         return 0
     if args.weights_command == "install":
         for name in args.names:
@@ -297,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--image-list", type=Path, help="file with one image name per line")
     b.add_argument("--preset", default=DEFAULT_PRESET, **presets)
     b.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
+    b.add_argument("--global-delg", type=Path, metavar="FILE", help="global descriptor: DELG with these weights "
+                   "(a file from `vloc weights convert-delg` or `vloc train delg`; images at most 1024 px) instead "
+                   "of the preset's; recorded in the map, so localize and retrieve use it")
     b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval")
     b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
     b.add_argument("--camera", help='intrinsics of every image (SfM): "MODEL WIDTH HEIGHT PARAMS..." '
@@ -443,13 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "variables by layer), without TensorFlow")
     wn.add_argument("path", type=Path, help="a SavedModel directory, its variables/ folder, a prefix or .index file")
     wn.add_argument("--all", action="store_true", help="list every layer (default: the first 40)")
-    wc = wsub.add_parser("convert-delg", help="convert a TF-Slim-layout DELG checkpoint (prefix, .index, variables/ "
-                         "or SavedModel directory) into a vloc DELG file; no TensorFlow needed")
+    wc = wsub.add_parser("convert-delg", help="convert a DELG checkpoint or SavedModel (TF-Slim or delf's TF2 Keras "
+                         "layout, detected; prefix, .index, variables/ or SavedModel directory) into a vloc DELG "
+                         "file; no TensorFlow needed")
     wc.add_argument("checkpoint", type=Path)
     wc.add_argument("out", type=Path)
-    wc.add_argument("--variant", choices=["r50", "r101"], help="check the backbone (default: detected)")
+    wc.add_argument("--variant", choices=["r50", "r101", "keras-r50"], help="check the backbone (default: detected)")
     wc.add_argument("--attention-threshold", type=float, help="local feature attention threshold stored with the "
-                    "weights (default: the official configuration's, 454.6 for r50, 357.48 for r101)")
+                    "weights (default: the official release's by directory name; TF-Slim otherwise 454.6 for r50, "
+                    "357.48 for r101; required for other delf Keras models)")
+    wc.add_argument("--attention-input", choices=["block3", "reconstruction"], help="what the attention scores "
+                    "(delf Keras: read from saved_model.pb; required for a bare checkpoint)")
+    wc.add_argument("--gem-power", type=float, help="GeM power when the file does not hold it (delf Keras: read "
+                    "from the graph; default 3.0, delf's exporter default)")
+    wc.add_argument("--extraction", choices=["official", "vloc"], help="which extraction the file asks for "
+                    "(default: official for delf Keras models and named releases, vloc otherwise)")
     wv = wsub.add_parser("verify", help="check the sha256 of installed weights (all when no name is given)")
     wv.add_argument("names", nargs="*")
     wt.set_defaults(func=cmd_weights)

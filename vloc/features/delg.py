@@ -11,6 +11,7 @@ import numpy as np
 from vloc.config import FeatureConf
 from vloc.features.base import Features
 from vloc.models.delg import DELG, HOW_TO_GET_WEIGHTS, LOCAL_DIM, LOCAL_SCALES, extract_local, load_delg, preprocess
+from vloc.models.delg_official import extract_official_local
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ def delg_from_conf(variant: str, weights: str, what: str) -> DELG:
     return model
 
 
+def is_official(model: DELG) -> bool:
+    """Whether the weight file asks for the released extractor's protocol (``extra["extraction"]``)."""
+    return getattr(model, "extra", {}).get("extraction", "vloc") == "official"
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``(H, W, 3)`` uint8 RGB (grey is replicated)."""
     if image.ndim == 2:
@@ -53,7 +59,13 @@ def resize_longest(image: np.ndarray, resize_max: int) -> np.ndarray:
 class DelgExtractor:
     """``conf.max_keypoints`` DELG features; keypoints in COLMAP's convention in the original image,
     descriptors the L2-normalised 128-D autoencoder codes, scores the attention. The attention
-    threshold is the weight file's ``extra["attention_threshold"]`` (0 when absent)."""
+    threshold is the weight file's ``extra["attention_threshold"]`` (0 when absent).
+
+    The file's ``extra["extraction"]`` picks the protocol: ``"vloc"`` (:func:`extract_local`: stride-16
+    cells at their receptive-field centres, antialiased pyramid, the image first shrunk to
+    ``resize_max`` with area interpolation) or ``"official"`` (:mod:`vloc.models.delg_official`:
+    stride-32 box centres, TF-style pyramid, PIL bilinear to ``resize_max``; the released configs use
+    1024 and 1000 features)."""
 
     dim = LOCAL_DIM
 
@@ -65,6 +77,11 @@ class DelgExtractor:
     def __call__(self, image: np.ndarray) -> Features:
         rgb = to_rgb(image)
         height, width = rgb.shape[:2]
+        if is_official(self.model):
+            found = extract_official_local(self.model, rgb, self.threshold, self.conf.max_keypoints, self.conf.resize_max)
+            if not len(found.keypoints):
+                return Features.empty(self.dim, (width, height))
+            return Features(found.keypoints, found.descriptors, found.scores, (width, height))
         small = resize_longest(rgb, self.conf.resize_max)
         x = preprocess(self.model.variant, small)
         found = extract_local(self.model, x, LOCAL_SCALES, self.threshold, self.conf.max_keypoints, self.conf.bf16)[0]

@@ -249,9 +249,10 @@ def stored_global_conf(manifest: Manifest) -> GlobalConf:
 
 
 def map_preset(preset: Preset, manifest: Manifest) -> Preset:
-    """``preset`` with the map's own global descriptor when the map carries its weights (an adapted
-    map); unchanged otherwise. Localizing an adapted map thus always uses its adapted model."""
-    if manifest.adaptation is None:
+    """``preset`` with the map's own global descriptor when that has weights of its own (an adapted
+    map, or one built with ``vloc map build --global-delg``); unchanged otherwise. Localizing such a
+    map thus always uses the model its descriptors were computed with."""
+    if manifest.adaptation is None and not manifest.preset.get("global_desc", {}).get("weights"):
         return preset
     return preset.with_overrides(global_desc=stored_global_conf(manifest))
 

@@ -11,14 +11,19 @@ Heads, as in the official release (``research/delf``, TF2 ``delf_model.py`` / ``
   when it uses the autoencoder. The official autoencoder has no batch norm.
 
 Variants (:data:`DELG_VARIANTS`): ``r50`` / ``r101`` on the TF-Slim ResNets
-(:mod:`vloc.models.tfslim_resnet`), inputs ``(x - 128) / 128`` as the official extractor; ``small``
+(:mod:`vloc.models.tfslim_resnet`), inputs ``(x - 128) / 128`` as the official extractor;
+``keras-r50`` on delf's TF2 Keras ResNet-50 (:mod:`vloc.models.keras_resnet`; its attention's first
+convolution has a bias and BN epsilon 1e-3, and the attention reads ``block3`` or the reconstruction,
+as the converted file says: :data:`ATTENTION_INPUTS`); ``small``
 on EfficientNet-Lite0 (ImageNet weights from the weights manager), conv4 = its stride-16 stage
 (112 channels), conv5 = its head (1280 channels), inputs ``x / 127.5 - 1``. Every variant's conv4
 is at stride 16 and conv5 at stride 32.
 
 Files: :func:`save_delg` / :func:`load_delg` write and read a torch file ``{"format": "vloc-delg",
-"version", "variant", "global_dim", "state_dict", "extra"}``; ``extra`` carries e.g. the attention
-threshold for local feature selection. Landmark-trained weights come from ``vloc train delg`` (small)
+"version", "variant", "global_dim", "attention_input", "state_dict", "extra"}`` (files without
+``attention_input`` score the reconstruction); ``extra`` carries the attention threshold for local
+feature selection and ``extraction``: ``"vloc"`` (:func:`extract_local` / :func:`extract_global`)
+or ``"official"`` (:mod:`vloc.models.delg_official`, the released extractor's protocol). Landmark-trained weights come from ``vloc train delg`` (small)
 or ``vloc weights convert-delg`` (an official-layout TF-Slim checkpoint, r50/r101).
 """
 from __future__ import annotations
@@ -35,6 +40,7 @@ from torch import nn
 
 from vloc.io.files import atomic_path
 from vloc.models.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
+from vloc.models.keras_resnet import KerasDelfResNet50
 from vloc.models.tfslim_resnet import TFSlimResNet
 
 logger = logging.getLogger(__name__)
@@ -42,11 +48,11 @@ logger = logging.getLogger(__name__)
 FORMAT = "vloc-delg"
 FORMAT_VERSION = 1
 LOCAL_DIM = 128
-ATTENTION_BN_EPS = 1e-5  # the heads are built under TF-Slim's resnet_arg_scope
+ATTENTION_INPUTS = ("reconstruction", "block3")  # what the attention scores (see DELG.local_head)
 GLOBAL_SCALES = (0.7071, 1.0, 1.4142)
 LOCAL_SCALES = (0.25, 0.3536, 0.5, 0.7071, 1.0, 1.4142, 2.0)
-HOW_TO_GET_WEIGHTS = ("train the small variant with `vloc train delg`, or convert an official TF-Slim "
-                      "checkpoint with `vloc weights convert-delg CKPT OUT --variant r50|r101`")
+HOW_TO_GET_WEIGHTS = ("train the small variant with `vloc train delg`, or convert a TF-Slim checkpoint or a "
+                      "delf TF2 Keras SavedModel with `vloc weights convert-delg PATH OUT`")
 
 
 class LiteBackbone(nn.Module):
@@ -65,6 +71,7 @@ class LiteBackbone(nn.Module):
 StridedLayer = tuple[int, int, int | str]
 RESNET_STRIDED: tuple[StridedLayer, ...] = ((7, 2, 3), (3, 2, "same"), (3, 2, 1), (3, 2, 1))  # stem, pool, block1-2
 LITE0_STRIDED: tuple[StridedLayer, ...] = ((3, 2, "same"), (3, 2, "same"), (5, 2, "same"), (3, 2, "same"))
+KERAS_STRIDED: tuple[StridedLayer, ...] = ((7, 2, "same"), (3, 2, 0), (1, 2, 0), (1, 2, 0))  # stem, VALID pool, l3a, l4a
 
 
 @dataclass(frozen=True)
@@ -76,11 +83,15 @@ class VariantSpec:
     pixel_offset: float  # network input = (RGB - offset) / scale
     pixel_scale: float
     strided: tuple[StridedLayer, ...]  # the layers that set conv4's receptive-field centres
+    attention_bias: bool = False  # the attention's first 1x1 conv has a bias (Keras) or not (TF-Slim scope)
+    attention_bn_eps: float = 1e-5  # TF-Slim's resnet_arg_scope; Keras' default is 1e-3
 
 
 DELG_VARIANTS: dict[str, VariantSpec] = {
     "r50": VariantSpec(lambda pretrained: TFSlimResNet(50), 1024, 2048, 2048, 128.0, 128.0, RESNET_STRIDED),
     "r101": VariantSpec(lambda pretrained: TFSlimResNet(101), 1024, 2048, 2048, 128.0, 128.0, RESNET_STRIDED),
+    "keras-r50": VariantSpec(lambda pretrained: KerasDelfResNet50(), 1024, 2048, 2048, 128.0, 128.0, KERAS_STRIDED,
+                             attention_bias=True, attention_bn_eps=1e-3),
     "small": VariantSpec(lambda pretrained: LiteBackbone(pretrained), 112, 1280, 1280, 127.5, 127.5, LITE0_STRIDED),
 }
 
@@ -108,12 +119,12 @@ def get_variant(variant: str) -> VariantSpec:
 
 
 class AttentionHead(nn.Module):
-    """1x1 conv (no bias) -> BN -> ReLU -> 1x1 conv to 1 channel -> softplus: ``(B,C,h,w) -> (B,1,h,w)``."""
+    """1x1 conv -> BN -> ReLU -> 1x1 conv to 1 channel -> softplus: ``(B,C,h,w) -> (B,1,h,w)``."""
 
-    def __init__(self, cin: int, hidden: int = 512):
+    def __init__(self, cin: int, hidden: int = 512, bias: bool = False, eps: float = 1e-5):
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, hidden, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(hidden, eps=ATTENTION_BN_EPS)
+        self.conv1 = nn.Conv2d(cin, hidden, 1, bias=bias)
+        self.bn1 = nn.BatchNorm2d(hidden, eps=eps)
         self.conv2 = nn.Conv2d(hidden, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,15 +152,19 @@ def gem(features: torch.Tensor, p: torch.Tensor, eps: float = 1e-6) -> torch.Ten
 class DELG(nn.Module):
     """DELG network. ``forward(x)`` takes :func:`preprocess`'d images ``(B, 3, H, W)``."""
 
-    def __init__(self, variant: str, global_dim: int | None = None, pretrained_backbone: bool = False):
+    def __init__(self, variant: str, global_dim: int | None = None, pretrained_backbone: bool = False,
+                 attention_input: str = "reconstruction"):
         super().__init__()
         spec = get_variant(variant)
+        if attention_input not in ATTENTION_INPUTS:
+            raise ValueError(f"DELG attention input {attention_input!r}; valid: {', '.join(ATTENTION_INPUTS)}")
         self.variant = variant
+        self.attention_input = attention_input
         self.global_dim = global_dim or spec.global_dim
         self.backbone = spec.make_backbone(pretrained_backbone)
         self.gem_p = nn.Parameter(torch.tensor(3.0))
         self.whiten = nn.Linear(spec.conv5_channels, self.global_dim, bias=True)
-        self.attention = AttentionHead(spec.conv4_channels)
+        self.attention = AttentionHead(spec.conv4_channels, bias=spec.attention_bias, eps=spec.attention_bn_eps)
         self.autoencoder = Autoencoder(spec.conv4_channels)
 
     def global_head(self, conv5: torch.Tensor) -> torch.Tensor:
@@ -158,9 +173,12 @@ class DELG(nn.Module):
 
     def local_head(self, conv4: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, C4, h, w)`` -> ``attention (B,1,h,w)`` softplus scores, ``codes (B,128,h,w)`` (not
-        normalised) and ``reconstruction (B,C4,h,w)``; attention is computed on the reconstruction."""
+        normalised) and ``reconstruction (B,C4,h,w)``; the attention scores the reconstruction or conv4
+        itself (``attention_input``: delf's TF2 code did the first from Dec 2020 to Apr 2021, the
+        paper and later code the second)."""
         codes, reconstruction = self.autoencoder(conv4)
-        return {"attention": self.attention(reconstruction), "codes": codes, "reconstruction": reconstruction}
+        scored = reconstruction if self.attention_input == "reconstruction" else conv4
+        return {"attention": self.attention(scored), "codes": codes, "reconstruction": reconstruction}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.backbone(x)
@@ -204,7 +222,7 @@ def save_delg(model: DELG, path: str | Path, variant: str | None = None, extra: 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = {"format": FORMAT, "version": FORMAT_VERSION, "variant": variant, "global_dim": model.global_dim,
-            "state_dict": state, "extra": dict(extra or {})}
+            "attention_input": model.attention_input, "state_dict": state, "extra": dict(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     return path
@@ -233,7 +251,8 @@ def read_delg_file(path: str | Path) -> dict[str, Any]:
 def load_delg(path: str | Path) -> DELG:
     """The model saved by :func:`save_delg` (eval mode); ``model.extra`` holds the file's ``extra``."""
     blob = read_delg_file(path)
-    model = DELG(blob["variant"], int(blob["global_dim"]), pretrained_backbone=False)
+    model = DELG(blob["variant"], int(blob["global_dim"]), pretrained_backbone=False,
+                 attention_input=blob.get("attention_input", "reconstruction"))
     missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: DELG {blob['variant']!r} weights do not fit the model "
@@ -328,5 +347,5 @@ def _select(parts: list[tuple[np.ndarray, ...]], max_features: int) -> LocalCand
     return LocalCandidates(kp[keep], np.ascontiguousarray(desc[keep]), score[keep], scale[keep])
 
 
-__all__ = ["DELG", "DELG_VARIANTS", "GLOBAL_SCALES", "LOCAL_SCALES", "build_delg", "extract_global",
+__all__ = ["ATTENTION_INPUTS", "DELG", "DELG_VARIANTS", "GLOBAL_SCALES", "LOCAL_SCALES", "build_delg", "extract_global",
            "extract_local", "load_delg", "preprocess", "save_delg"]
