@@ -41,17 +41,23 @@ def _image(data_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
+def _saved_images(data_dir: Path, out: Path, sizes: tuple[tuple[int, int], tuple[int, int]]):
+    """Two real images (an even- and an odd-sized one) and the .npy files handed to a TF reference script."""
+    images = [_image(data_dir, name, size) for name, size in
+              zip(("02928139_3448003521.jpg", "03903474_1471484089.jpg"), sizes, strict=True)]
+    files = []
+    for i, im in enumerate(images):
+        np.save(out / f"im{i}.npy", im)
+        files.append(str(out / f"im{i}.npy"))
+    return images, files
+
+
 @pytest.fixture(scope="module")
 def parity_run(data_dir, tmp_path_factory):
     """TF reference outputs (subprocess: TF and torch keep their own threads) for an even- and an odd-sized image."""
     _require_tensorflow()
     out = tmp_path_factory.mktemp("delg_parity")
-    images = [_image(data_dir, "02928139_3448003521.jpg", (320, 240)),
-              _image(data_dir, "03903474_1471484089.jpg", (289, 225))]
-    files = []
-    for i, im in enumerate(images):
-        np.save(out / f"im{i}.npy", im)
-        files.append(str(out / f"im{i}.npy"))
+    images, files = _saved_images(data_dir, out, ((320, 240), (289, 225)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, str(HERE / "delg_tf_reference.py"), str(out), "0", *files],
                           env=env, capture_output=True, text=True, timeout=600)
@@ -210,12 +216,7 @@ def keras_exports(data_dir, tmp_path_factory):
     640x480 and a 321x225 image (sizes whose Keras and TF-Slim output shapes differ: 225, 321)."""
     _require_tensorflow()
     root = tmp_path_factory.mktemp("delg_keras")
-    images = [_image(data_dir, "02928139_3448003521.jpg", (640, 480)),
-              _image(data_dir, "03903474_1471484089.jpg", (321, 225))]
-    files = []
-    for i, im in enumerate(images):
-        np.save(root / f"im{i}.npy", im)
-        files.append(str(root / f"im{i}.npy"))
+    images, files = _saved_images(data_dir, root, ((640, 480), (321, 225)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     runs = {}
     for seed, attention in enumerate(ATTENTION_VARIANTS):
