@@ -41,6 +41,13 @@ def _image(data_dir: Path, name: str, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
+def _run_tf(args: list[str], timeout: int) -> None:
+    """Run a TensorFlow script in its own process (TF and torch keep their own threads); fail with its stderr."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def _saved_images(data_dir: Path, out: Path, sizes: tuple[tuple[int, int], tuple[int, int]]):
     """Two real images (an even- and an odd-sized one) and the .npy files handed to a TF reference script."""
     images = [_image(data_dir, name, size) for name, size in
@@ -58,10 +65,7 @@ def parity_run(data_dir, tmp_path_factory):
     _require_tensorflow()
     out = tmp_path_factory.mktemp("delg_parity")
     images, files = _saved_images(data_dir, out, ((320, 240), (289, 225)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, str(HERE / "delg_tf_reference.py"), str(out), "0", *files],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_tf([str(HERE / "delg_tf_reference.py"), str(out), "0", *files], timeout=600)
     refs = [dict(np.load(out / f"ref{i}.npz")) for i in range(len(images))]
     return out, images, refs
 
@@ -119,8 +123,7 @@ def test_tf2_object_checkpoint_is_refused(tmp_path):
     _require_tensorflow()
     code = ("import tensorflow as tf, sys; v = tf.Variable(tf.zeros([2, 3]));"
             "tf.train.Checkpoint(v=v).write(sys.argv[1])")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "tf2")], check=True, capture_output=True,
-                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    _run_tf(["-c", code, str(tmp_path / "tf2")], timeout=300)
     ckpt = TFCheckpoint(tmp_path / "tf2")
     assert any(k.endswith(".ATTRIBUTES/VARIABLE_VALUE") for k in ckpt.keys())
     with pytest.raises(ValueError, match=r"an unknown layout \(TF2 object-based: True\).*Keys: .*v/\.ATTRIBUTES"):
@@ -217,13 +220,10 @@ def keras_exports(data_dir, tmp_path_factory):
     _require_tensorflow()
     root = tmp_path_factory.mktemp("delg_keras")
     images, files = _saved_images(data_dir, root, ((640, 480), (321, 225)))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     runs = {}
     for seed, attention in enumerate(ATTENTION_VARIANTS):
         out = root / attention
-        proc = subprocess.run([sys.executable, str(HERE / "delg_keras_reference.py"), str(out), str(seed), attention,
-                               *files], env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _run_tf([str(HERE / "delg_keras_reference.py"), str(out), str(seed), attention, *files], timeout=900)
         runs[attention] = (out, [dict(np.load(out / f"ref{i}.npz")) for i in range(len(images))])
     return images, runs
 
@@ -361,10 +361,8 @@ def test_official_release(data_dir, tmp_path):
     image = _image(data_dir, "02928139_3448003521.jpg", (640, 480))
     np.save(tmp_path / "im.npy", image)
     threshold = done.threshold
-    proc = subprocess.run([sys.executable, str(HERE / "delg_official_reference.py"), str(path), str(tmp_path / "im.npy"),
-                           str(threshold), str(tmp_path / "ref.npz")], capture_output=True, text=True, timeout=1800,
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES=""))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _run_tf([str(HERE / "delg_official_reference.py"), str(path), str(tmp_path / "im.npy"), str(threshold),
+             str(tmp_path / "ref.npz")], timeout=1800)
     ref = dict(np.load(tmp_path / "ref.npz"))
     sig = run_signature(model, image, threshold, 1000)
     boxes = ref["boxes"]
