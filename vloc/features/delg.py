@@ -36,7 +36,7 @@ def delg_from_conf(variant: str, weights: str, what: str) -> DELG:
 
 def is_official(model: DELG) -> bool:
     """Whether the weight file asks for the released extractor's protocol (``extra["extraction"]``)."""
-    return getattr(model, "extra", {}).get("extraction", "vloc") == "official"
+    return model.extra.get("extraction", "vloc") == "official"
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ class DelgExtractor:
     def __init__(self, conf: FeatureConf):
         self.conf = conf
         self.model = delg_from_conf(conf.variant, conf.weights, "features")
-        self.threshold = float(getattr(self.model, "extra", {}).get("attention_threshold", 0.0))
+        self.threshold = float(self.model.extra.get("attention_threshold", 0.0))
 
     def __call__(self, image: np.ndarray) -> Features:
         rgb = to_rgb(image)

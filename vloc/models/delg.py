@@ -166,6 +166,7 @@ class DELG(nn.Module):
         self.whiten = nn.Linear(spec.conv5_channels, self.global_dim, bias=True)
         self.attention = AttentionHead(spec.conv4_channels, bias=spec.attention_bias, eps=spec.attention_bn_eps)
         self.autoencoder = Autoencoder(spec.conv4_channels)
+        self.extra: dict[str, Any] = {}  # a weight file's ``extra`` (:func:`load_delg`)
 
     def global_head(self, conv5: torch.Tensor) -> torch.Tensor:
         """``(B, C5, h, w) -> (B, global_dim)``: GeM, whitening FC, L2 normalisation."""

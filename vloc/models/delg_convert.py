@@ -36,7 +36,7 @@ import torch
 from vloc.models.delg import ATTENTION_INPUTS, DELG, save_delg
 from vloc.models.delg_official import RELEASE_THRESHOLDS
 from vloc.models.keras_resnet import keras_names
-from vloc.models.tf_checkpoint import TFCheckpoint
+from vloc.models.tf_checkpoint import BN_NAMES, TFCheckpoint
 from vloc.models.tf_graph import GraphFacts, read_graph, saved_model_pb
 from vloc.models.tfslim_resnet import tfslim_names
 from vloc.models.weights_inspect import ATTRIBUTE_SUFFIX, Layout, detect_layout, variable_name
@@ -51,7 +51,6 @@ EXTRACTIONS = ("vloc", "official")
 KERAS_BN_EPS = 1e-3
 TFSLIM_BN_EPS = 1e-5
 KERAS_GEM_POWER = 3.0  # delf's exporter flag default (delg_gem_power)
-BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance"))
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vloc.models.tf_checkpoint import BN_NAMES
+
 BN_EPS = 1e-3
 # stage -> (units, (filters of conv2a, conv2b, conv2c), stride of the first unit)
 STAGES: dict[str, tuple[int, tuple[int, int, int], int]] = {
     "l2": (3, (64, 64, 256), 1), "l3": (4, (128, 128, 512), 2), "l4": (6, (256, 256, 1024), 2),
     "l5": (3, (512, 512, 2048), 1)}
 UNIT_LETTERS = "abcdef"
-BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance"))
 
 
 def tf_same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:

@@ -23,6 +23,8 @@ BLOCK_TRAILER = 5  # compression type byte + crc32c
 DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8, 9: np.int64,
           10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32, 23: np.uint64}
 DT_BFLOAT16 = 14
+# torch BatchNorm state name -> the TF-Slim / Keras batch-norm variable name
+BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance"))
 
 
 class CheckpointError(ValueError):

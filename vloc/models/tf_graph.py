@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from vloc.models.tf_checkpoint import CheckpointError, _proto_fields, _varint
+from vloc.models.tf_checkpoint import DT_BFLOAT16, DTYPES, CheckpointError, _proto_fields, _varint
 
-DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 6: "int8", 7: "string", 9: "int64", 10: "bool"}
+# TensorFlow DataType enum -> name (the numeric ones as the checkpoint reader maps them)
+DTYPE_NAMES = {**{k: np.dtype(v).name for k, v in DTYPES.items()}, DT_BFLOAT16: "bfloat16", 7: "string"}
 RESIZE_OPS = ("ResizeBilinear", "ResizeBicubic", "ResizeNearestNeighbor", "ResizeArea", "ScaleAndTranslate")
 
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vloc.models.tf_checkpoint import BN_NAMES
+
 BN_EPS = 1e-5
 # units per block; base depths are 64, 128, 256, 512 and the blocks' strides 2, 2, 2, 1.
 DEPTHS: dict[int, tuple[int, int, int, int]] = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -125,7 +127,6 @@ def tfslim_names(depth: int) -> dict[str, str]:
     names = {}
     for torch_prefix, tf_prefix in pairs:
         names[f"{torch_prefix}.conv.weight"] = f"{tf_prefix}/weights"
-        for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                             ("running_var", "moving_variance")):
+        for ours, theirs in BN_NAMES:
             names[f"{torch_prefix}.bn.{ours}"] = f"{tf_prefix}/BatchNorm/{theirs}"
     return names
