@@ -147,9 +147,19 @@ def test_localize_json_base64_with_prior(port, image, camera, truth):
     assert doc["retrieval"] == "prior"
 
 
+def test_undecodable_images_are_422_with_the_decoders_message(port, image):
+    for body, says in ((b"\x89PNG\r\n\x1a\n not really a png", "not an image in a format Pillow decodes"),
+                       (b"hello, I am text", "not an image in a format Pillow decodes"),
+                       (image[:len(image) // 2], "image file is truncated")):
+        status, doc = post(port, body, "image/png")
+        assert status == 422 and "cannot read image" in doc["error"] and says in doc["error"], doc
+    status, doc = post(port, as_json(image_base64=base64.b64encode(image[:100]).decode()), "application/json")
+    assert status == 422 and "cannot read image" in doc["error"], doc
+
+
 def test_failed_queries_are_200(port, image, camera):
-    status, doc = post(port, b"\x89PNG\r\n\x1a\n not really a png", "image/png")
-    assert status == 200 and doc["status"] == "failed" and "cannot read image" in doc["reason"]
+    status, doc = post(port, b"P5 4 4 255\n" + bytes(16), "image/png")  # a decodable 4x4 image: nothing to match
+    assert status == 200 and doc["status"] == "failed" and "too few keypoints" in doc["reason"], doc
     assert doc["cam_from_world"] is None and doc["covariance"] is None
     wrong_size = dict(camera, width=640, height=480)
     status, doc = post(port, image, "application/octet-stream", f"/localize?camera={quote(json.dumps(wrong_size))}")
@@ -229,7 +239,7 @@ def test_too_large(localizer, image):
         response = conn.getresponse()
         assert response.status == 413 and response.getheader("Connection") == "close"
         conn.close()
-        assert post(port, b"small but no image", "image/png")[0] == 200  # under the limit: read and answered
+        assert post(port, b"small but no image", "image/png")[0] == 422  # under the limit: read, not an image
     finally:
         stop(server, thread)
 
@@ -264,7 +274,7 @@ def test_unexpected_error_is_500(caplog):
     server, thread = start(_Broken())
     try:
         with caplog.at_level(logging.ERROR, logger="vloc.serve.app"):
-            status, doc = post(server.server_address[1], b"abc", "image/png")
+            status, doc = post(server.server_address[1], b"P5 4 4 255\n" + bytes(16), "image/png")
         assert status == 500 and "internal" in doc["error"] and "boom" not in doc["error"]
         assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)  # logged with traceback
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import signal
 import socket
@@ -87,8 +88,19 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
         conn.close()
 
 
+def _png(size: int = 8) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (size, size), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TINY_PNG = _png()  # decodes; the stand-in answers it with a failure
+
+
 def localize(port: int, path: str = "/localize", **headers) -> tuple[int, dict, bytes]:
-    return request(port, "POST", path, b"not an image", {"Content-Type": "image/png", **headers})
+    return request(port, "POST", path, TINY_PNG, {"Content-Type": "image/png", **headers})
 
 
 def test_openapi_document_validates():
@@ -120,10 +132,12 @@ def test_a_client_written_from_the_document_localizes(kitti, kitti_map, serve):
     path = next(p for p in spec["paths"] if "{name}" in p and p.endswith("/localize"))
     op = spec["paths"][path]["post"]
     body_schema = _resolve(spec, op["requestBody"]["content"]["application/json"]["schema"])
-    camera_schema = _resolve(spec, body_schema["properties"]["camera"]["anyOf"][0])
+    cameras = _resolve(spec, body_schema["properties"]["camera"]["anyOf"][0])  # one schema per COLMAP model
     image_key = next(k for k, v in body_schema["properties"].items() if v.get("type") == "string"
                      and k in body_schema.get("required", []))
     query = read_queries(kitti.queries)[0]
+    camera_schema = _resolve(spec, {"$ref": cameras["discriminator"]["mapping"][query.camera.model.name]})
+    assert camera_schema["properties"]["params"]["minItems"] == len(query.camera.params)
     camera = dict(zip(camera_schema["required"], (query.camera.model.name, query.camera.width, query.camera.height,
                                                   [float(p) for p in query.camera.params])))
     body = {image_key: base64.b64encode((kitti.images / query.name).read_bytes()).decode(), "camera": camera,

@@ -221,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.map, args.host, args.port, args.preset, ServeConf(
         max_bytes=args.max_bytes, queue=args.queue, timeout_s=args.timeout, body_timeout_s=args.body_timeout,
-        log_json=args.log_json))
+        head_timeout_s=args.head_timeout, max_connections=args.max_connections, log_json=args.log_json))
     return 0
 
 
@@ -445,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=60.0, help="request deadline in seconds (504 past it)")
     sv.add_argument("--body-timeout", type=float, default=10.0, help="seconds the whole body may take to arrive "
                     "(408 past it: slow senders are cut off)")
+    sv.add_argument("--head-timeout", type=float, default=10.0, help="seconds the request line and headers may take "
+                    "to arrive (408 past it)")
+    sv.add_argument("--max-connections", type=int, default=1000, help="open connections; past it the one waiting "
+                    "longest for its request head is closed (503 to a new one when all are busy)")
     sv.add_argument("--log-json", action="store_true", help="one JSON object per request log line")
     sv.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     sv.set_defaults(func=cmd_serve)

@@ -47,8 +47,7 @@ def read_image(path: Path | str | BinaryIO, grayscale: bool = False, name: str |
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             array = _to_uint8(im, grayscale, label)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        detail = exc if isinstance(path, Path) else type(exc).__name__  # a stream's repr says nothing
-        raise ImageReadError(f"{label}: cannot read image ({detail})") from exc
+        raise ImageReadError(f"{label}: cannot read image ({_decoder_message(exc, path)})") from exc
     if array.size == 0:
         raise ImageReadError(f"{label}: image is empty")
     if orientation != 1:
@@ -56,6 +55,15 @@ def read_image(path: Path | str | BinaryIO, grayscale: bool = False, name: str |
                        "pixels as stored, for map and query images alike; give intrinsics for that layout",
                        label, orientation)
     return array
+
+
+def _decoder_message(exc: Exception, source: Path | BinaryIO) -> str:
+    """What the decoder said, without the repr of an in-memory stream (which says nothing)."""
+    if isinstance(source, Path):
+        return str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image in a format Pillow decodes (JPEG, PNG, TIFF, BMP, ...)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 EXIF_ORIENTATION = 0x0112

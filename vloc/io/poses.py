@@ -13,6 +13,7 @@ from vloc.io.text import data_lines, parse_floats
 def rigid_from_qt(qvec_wxyz: np.ndarray, tvec: np.ndarray) -> pycolmap.Rigid3d:
     """pycolmap stores quaternions as ``xyzw``; pose files use ``wxyz``."""
     q = np.asarray(qvec_wxyz, dtype=np.float64)
+    q = q / np.max(np.abs(q))  # first to the largest component: no overflow or underflow for any finite q
     q = q / np.linalg.norm(q)
     return pycolmap.Rigid3d(pycolmap.Rotation3d(np.array([q[1], q[2], q[3], q[0]])), np.asarray(tvec, np.float64))
 

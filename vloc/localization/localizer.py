@@ -41,7 +41,18 @@ logger = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes | np.ndarray
 
-__all__ = ["Localizer", "LocalizationResult", "Prior", "ImageInput"]
+__all__ = ["Localizer", "LocalizationResult", "Prior", "ImageInput", "PreparedQuery", "prepare_query"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedQuery:
+    """A decoded query: ``image`` ``(H, W, 3)`` or ``(H, W)`` uint8, its camera and where the
+    intrinsics came from (``"given"``, ``"exif"`` or ``"estimated"``); ``seconds`` spent decoding."""
+
+    image: np.ndarray
+    camera: pycolmap.Camera
+    intrinsics_source: str
+    seconds: float = 0.0
 
 
 class Localizer:
@@ -92,14 +103,14 @@ class Localizer:
         return self.layer.prior_radius
 
     def localize(
-        self, image: ImageInput, camera: pycolmap.Camera | dict | None = None,
+        self, image: ImageInput | PreparedQuery, camera: pycolmap.Camera | dict | None = None,
         prior: Prior | LocalizationResult | None = None, name: str | None = None,
     ) -> LocalizationResult:
         """Localize one image.
 
         Args:
-            image: a path, encoded bytes (JPEG, PNG, ...), or a ``(H, W)`` / ``(H, W, 3)`` uint8
-                RGB array.
+            image: a path, encoded bytes (JPEG, PNG, ...), a ``(H, W)`` / ``(H, W, 3)`` uint8
+                RGB array, or a :class:`PreparedQuery` (then ``camera`` must be None).
             camera: a pycolmap camera, a dict ``{"model", "width", "height", "params"}``, or None:
                 the EXIF focal length when the file or bytes carry one, else the focal length
                 is estimated with the pose. ``result.intrinsics_source`` says which.
@@ -113,10 +124,16 @@ class Localizer:
         prior = self._prior(prior)
         if name is None:
             name = Path(image).name if isinstance(image, (str, Path)) else "query"
-        try:
-            array, camera, source = _prepare(image, camera, name)
-        except (ImageReadError, ValueError) as exc:
-            return LocalizationResult(name, False, str(exc))
+        if isinstance(image, PreparedQuery):
+            if camera is not None:
+                raise ValueError(f"{name}: a prepared query carries its camera; pass camera=None")
+            query, t0 = image, t0 - image.seconds
+        else:
+            try:
+                query = prepare_query(image, camera, name)
+            except (ImageReadError, ValueError) as exc:
+                return LocalizationResult(name, False, str(exc))
+        array, camera, source = query.image, query.camera, query.intrinsics_source
         with self._lock:
             result = self._localize_layers(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
@@ -185,9 +202,20 @@ def choose_layer_result(res: LocalizationResult, again: LocalizationResult,
         f"inliers) poses differ by {apart:.1f} deg (> {conf.max_disagreement_deg:g})"))
 
 
-def _prepare(image: ImageInput, camera: pycolmap.Camera | dict | None,
-             name: str) -> tuple[np.ndarray, pycolmap.Camera, str]:
-    """Decode the image and settle the camera: ``(array, camera, intrinsics source)``."""
+def prepare_query(image: ImageInput, camera: pycolmap.Camera | dict | None, name: str) -> PreparedQuery:
+    """Decode the image and settle the camera.
+
+    Raises:
+        ImageReadError: the image cannot be decoded (the decoder's message).
+        ValueError: a bad array or camera, or a camera whose size is not the image's.
+    """
+    t0 = time.perf_counter()
+    array, camera, source = _decode(image, camera, name)
+    return PreparedQuery(array, camera, source, time.perf_counter() - t0)
+
+
+def _decode(image: ImageInput, camera: pycolmap.Camera | dict | None,
+            name: str) -> tuple[np.ndarray, pycolmap.Camera, str]:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
             raise ValueError(f"{name}: expected a (H, W) or (H, W, 3) uint8 array, got {image.dtype} {image.shape}")

@@ -5,7 +5,8 @@ map), ``POST /maps/{name}/localize``, ``GET /metrics`` (Prometheus text) and ``G
 /openapi.json`` (generated from :mod:`vloc.serve.schema`). The body of a localization is a raw
 image (camera, prior and name in the query string), ``multipart/form-data`` or JSON with
 ``image_base64`` (:mod:`vloc.serve.bodies`). A query that fails to localize is a 200 with
-``"status": "failed"``; a malformed request is a 4xx with ``{"error": ...}``; an overloaded map a
+``"status": "failed"``; a malformed request is a 4xx with ``{"error": ...}`` (a body that is not a
+decodable image a 422 with the decoder's message); an overloaded map a
 503 with ``Retry-After``; a request past its deadline a 504 naming the stage it was in.
 
 Each map has one worker thread (a localizer serialises its calls) and a bounded number of
@@ -30,11 +31,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from vloc import __version__
+from vloc.io.images import ImageReadError
 from vloc.io.poses import qt_from_rigid
+from vloc.localization.localizer import prepare_query
 from vloc.localization.result import LocalizationResult
 from vloc.serve.bodies import FIELDS, HttpError, fields_from_body
 from vloc.serve.metrics import ServiceMetrics, reason_label
@@ -57,10 +60,12 @@ class ServeConf:
     queue: int = 8  # per map: localizations waiting or running; past it 503 with Retry-After
     timeout_s: float = 60.0  # request deadline from arrival to answer (504)
     body_timeout_s: float = 10.0  # the whole body must arrive within this (408): slow senders are cut off
+    head_timeout_s: float = 10.0  # request line and headers must arrive within this (408; vloc.serve.protocol)
+    max_connections: int = 1000  # open connections; past it the slowest waiting for its head is closed
     log_json: bool = False  # one JSON object per request log line
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "queue", "timeout_s", "body_timeout_s"):
+        for name in ("max_bytes", "queue", "timeout_s", "body_timeout_s", "head_timeout_s", "max_connections"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"ServeConf.{name} must be positive, got {getattr(self, name)}")
 
@@ -144,9 +149,6 @@ class Service:
         query = parse_qs(request.url.query, keep_blank_values=True)
         if set(query) - set(FIELDS) or any(len(v) > 1 for v in query.values()):
             raise HttpError(400, f"query parameters are {', '.join(FIELDS)}, each at most once", {"Connection": "close"})
-        if query and not raw:
-            raise HttpError(400, "query parameters are only for raw image bodies; put them in the body",
-                            {"Connection": "close"})
         return ("raw" if raw else kind), content_type, query
 
     async def _read_body(self, request: Request, length: int, deadline: float) -> bytes:
@@ -189,12 +191,15 @@ class Service:
         self.metrics.queue_depth.labels(served.name).set(served.in_flight)
         started: list[float] = []
 
-        def work() -> LocalizationResult:
+        def work() -> LocalizationResult | ImageReadError:
             started.append(time.monotonic())
             try:
-                return served.localizer.localize(image, fields["camera"], fields["prior"], name)
-            except Image.DecompressionBombError as exc:  # a (hostile) huge image: not our failure
-                return LocalizationResult(name, False, f"{name}: image too large to decode ({exc})")
+                query = prepare_query(image, fields["camera"], name)
+            except ImageReadError as exc:  # not an image: the client's error, answered 422
+                return exc
+            except ValueError as exc:  # an image whose camera does not fit it: a failed localization
+                return LocalizationResult(name, False, str(exc))
+            return served.localizer.localize(query, None, fields["prior"], name)
 
         future = asyncio.get_running_loop().run_in_executor(served.worker, work)
         future.add_done_callback(lambda _: self._release(served))
@@ -206,6 +211,8 @@ class Service:
             raise HttpError(504, f"no answer within the {self.conf.timeout_s:g} s deadline (it was {stage})",
                             stage=stage) from None
         self.metrics.stage_seconds.labels(served.name, "queue").observe(started[0] - arrived)
+        if isinstance(result, ImageReadError):
+            raise HttpError(422, str(result))
         for stage, seconds in result.timings.items():
             self.metrics.stage_seconds.labels(served.name, stage).observe(seconds)
         self.metrics.localizations.labels(served.name, "localized" if result.success else "failed",
@@ -256,8 +263,9 @@ class Service:
         app = FastAPI(title="vloc localization service", version=__version__,
                       description="Localize images against prebuilt vloc maps.")
         responses = {str(c): {"model": ErrorBody, "description": d} for c, d in (
-            (400, "malformed request"), (408, "the body arrived too slowly"), (411, "Content-Length required"),
-            (413, "body too large"), (415, "unsupported Content-Type"), (500, "internal error"),
+            (400, "malformed request"), (404, "no map of that name"), (408, "the body arrived too slowly"),
+            (411, "Content-Length required"), (413, "body too large"), (415, "unsupported Content-Type"),
+            (422, "the image cannot be decoded (the decoder's message)"), (500, "internal error"),
             (503, "the map is busy: retry after Retry-After seconds"), (504, "deadline passed"))}
         extra = _localize_openapi()
 
@@ -300,9 +308,11 @@ class Service:
             message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
             if exc.status_code == 404:
                 message = f"no such endpoint {request.url.path!r}; see /openapi.json"
-            elif exc.status_code == 405:
-                message = f"{request.method} not allowed on {request.url.path}; use {exc.headers.get('Allow', '')}"
-            return _error(exc.status_code, message, dict(exc.headers or {}))
+            headers = dict(exc.headers or {})
+            if exc.status_code == 405:
+                headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
+                message = f"{request.method} not allowed on {request.url.path}; use {headers['Allow']}"
+            return _error(exc.status_code, message, headers)
 
         @app.exception_handler(RequestValidationError)
         async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -331,6 +341,9 @@ class Service:
                     for name, sub in schema.pop("$defs", {}).items():
                         spec["components"]["schemas"].setdefault(name, sub)
                     spec["components"]["schemas"].setdefault(model.__name__, schema)
+                for parameter in spec["paths"]["/maps/{name}/localize"]["post"]["parameters"]:
+                    if parameter["name"] == "name" and parameter["in"] == "path":
+                        parameter["schema"]["enum"] = list(self.maps)
                 app.openapi_schema = spec
             return app.openapi_schema
 
@@ -349,14 +362,24 @@ class Service:
             access_logger.info("%s", " ".join(f"{k}={v}" for k, v in record.items() if v not in (None, "")))
 
 
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route answers on ``path`` (the ``Allow`` header of a 405)."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if isinstance(route, BaseRoute) and getattr(route, "methods", None) and route.path_regex.match(path):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def _localize_openapi() -> dict:
     """The request side of the localize operations (their bodies are parsed by content type, so
     FastAPI cannot infer them): references to the pydantic models' schemas."""
     ref = {"$ref": "#/components/schemas/{}"}
-    json_param = [{"name": k, "in": "query", "required": False, "description": "raw image bodies only",
+    json_param = [{"name": k, "in": "query", "required": False,
+                   "description": "for raw image bodies; with a JSON or multipart body, the body's value wins",
                    "content": {"application/json": {"schema": {"$ref": ref["$ref"].format(m)}}}}
                   for k, m in (("camera", "CameraModel"), ("prior", "PriorModel"))]
-    binary = {"type": "string", "format": "binary"}
+    binary = {"type": "string", "format": "binary", "minLength": 1}
     return {"parameters": json_param + [{"name": "name", "in": "query", "required": False, "schema": {"type": "string"}}],
             "requestBody": {"required": True, "content": {
                 **{t: {"schema": binary} for t in RAW_TYPES},

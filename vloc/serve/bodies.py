@@ -4,8 +4,8 @@ the camera and prior fields validated by the pydantic models of :mod:`vloc.serve
 from __future__ import annotations
 
 import base64
-import binascii
 import json
+import re
 from email.message import Message
 from email.parser import BytesHeaderParser
 from typing import Any
@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from vloc.io.cameras import camera_from_dict
 from vloc.io.poses import rigid_from_qt
 from vloc.localization.result import Prior
-from vloc.serve.schema import CameraModel, PriorModel
+from vloc.serve.schema import B64_SPACE, CameraModel, LocalizeJSON, PriorModel
 
 FIELDS = ("camera", "prior", "name")  # besides the image, in the query string, form parts or JSON keys
 _PRIOR_SHAPE = 'prior must be a JSON object {"qvec": [w, x, y, z], "tvec": [x, y, z], "radius": r > 0}'
@@ -44,10 +44,11 @@ def parse_camera(value: Any) -> pycolmap.Camera | None:
     try:
         cam = value if isinstance(value, CameraModel) else CameraModel.model_validate(value)
     except ValidationError as exc:
-        raise HttpError(400, 'camera must be a JSON object {"model", "width", "height", "params"} with positive '
-                        f"integer width and height and finite params ({_first_error(exc)})") from None
+        raise HttpError(400, 'camera must be a JSON object {"model", "width", "height", "params"}: a COLMAP '
+                        "model with its number of finite params, positive integer width and height "
+                        f"({_first_error(exc)})") from None
     try:
-        return camera_from_dict(cam.model_dump())
+        return camera_from_dict(cam.as_dict())
     except (ValueError, TypeError, OverflowError) as exc:
         raise HttpError(400, str(exc)) from exc
 
@@ -125,30 +126,28 @@ def _fields_from_json(body: bytes) -> tuple[bytes, dict[str, Any]]:
     doc = _json_text(body, "body")
     if not isinstance(doc, dict):
         raise HttpError(400, "JSON body must be an object with image_base64")
-    unknown = sorted(set(doc) - {"image_base64", *FIELDS})
-    if unknown:
-        raise HttpError(400, f"unknown JSON keys {unknown}; expected image_base64, camera, prior, name")
-    if not isinstance(doc.get("image_base64"), str) or not doc["image_base64"]:
-        raise HttpError(400, "JSON body needs a non-empty string image_base64")
-    if doc.get("name") is not None and not isinstance(doc["name"], str):
-        raise HttpError(400, "name must be a string")
-    fields = {"camera": parse_camera(doc.get("camera")), "prior": parse_prior(doc.get("prior")), "name": doc.get("name")}
     try:
-        image = base64.b64decode("".join(doc["image_base64"].split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise HttpError(400, f"image_base64 is not valid base64 ({exc})") from exc
-    return image, fields
+        request = LocalizeJSON.model_validate(doc)
+    except ValidationError as exc:
+        raise HttpError(400, f"invalid JSON body: {_first_error(exc)}; expected image_base64 (base64), "
+                        "optional camera, prior, name") from None
+    image = base64.b64decode(re.sub(B64_SPACE, "", request.image_base64), validate=True)  # the pattern held
+    return image, {"camera": request.camera, "prior": request.prior, "name": request.name}
 
 
 def fields_from_body(kind: str, content_type: str, body: bytes, query: dict[str, list[str]]) -> tuple[bytes, dict]:
-    """The image and its parsed ``camera`` / ``prior`` / ``name`` from a body of ``kind``."""
+    """The image and its parsed ``camera`` / ``prior`` / ``name`` from a body of ``kind`` and the
+    query string. A field may come from either; where both give it, the body's value is used."""
+    fields: dict[str, Any] = {k: _json_text(v[0], k) for k, v in query.items() if k != "name"}
+    if "name" in query:
+        fields["name"] = query["name"][0]
     if kind == "multipart/form-data":
-        image, fields = _fields_from_multipart(body, content_type)
+        image, given = _fields_from_multipart(body, content_type)
     elif kind == "application/json":
-        return _fields_from_json(body)
+        image, given = _fields_from_json(body)
     else:
-        fields = {k: _json_text(v[0], k) for k, v in query.items() if k != "name"}
-        image, fields["name"] = body, query.get("name", [None])[0]
+        image, given = body, {}
+    fields.update({k: v for k, v in given.items() if v is not None})
     if fields.get("name") is not None and not isinstance(fields["name"], str):
         raise HttpError(400, "name must be a string")
     return image, {"camera": parse_camera(fields.get("camera")), "prior": parse_prior(fields.get("prior")),

@@ -1,40 +1,78 @@
 """The service's request and response models (pydantic): the OpenAPI document is generated from
-them, and JSON bodies, camera and prior fields are validated by them."""
+them, and JSON bodies, camera and prior fields are validated by them. What the schema admits the
+server accepts: every COLMAP camera model is named with its exact parameter count, every number
+has its bounds, and ``image_base64`` is valid base64 by its pattern."""
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
+import sys
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import pycolmap
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model, field_validator
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _whole(value: Any) -> Any:
+    """A float with no fraction is an integer to JSON Schema (``6.0`` is ``6``)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+FLOAT_MAX = sys.float_info.max  # stated, so that integers past a float's range are outside the schema too
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT_MAX, le=FLOAT_MAX)]
+Size = Annotated[int, Field(gt=0, lt=2**31), BeforeValidator(_whole)]
+SafeInt = Annotated[int, Field(gt=-2**53, lt=2**53)]  # integers a float holds exactly
+Number = Finite | SafeInt
+Positive = Annotated[float, Field(gt=0, le=FLOAT_MAX, allow_inf_nan=False)] | Annotated[int, Field(gt=0, lt=2**53)]
+
+# Base64 (RFC 4648, standard alphabet, padded) with spaces and line breaks allowed anywhere, at
+# least one 4-character group. The server removes exactly these whitespace characters and decodes.
+B64_SPACE = "[ \t\r\n]"
+_C = f"[A-Za-z0-9+/]{B64_SPACE}*"
+BASE64_PATTERN = (f"^{B64_SPACE}*(?:(?:{_C}){{4}})*(?:(?:{_C}){{4}}|(?:{_C}){{3}}={B64_SPACE}*|"
+                  f"(?:{_C}){{2}}={B64_SPACE}*={B64_SPACE}*)$")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class CameraModel(Strict):
-    """A COLMAP camera; its size must match the image. Omitted: EXIF focal length, else estimated."""
+def camera_models() -> dict[str, int]:
+    """COLMAP camera model name -> its number of parameters (pycolmap's list)."""
+    return {name: len(pycolmap.Camera(model=model_id, width=1, height=1).params_info.split(","))
+            for name, model_id in pycolmap.CameraModelId.__members__.items() if name != "INVALID"}
 
-    model: str = Field(examples=["PINHOLE"])
-    width: int = Field(gt=0, lt=2**31)
-    height: int = Field(gt=0, lt=2**31)
-    params: list[Finite | Annotated[int, Field(gt=-2**53, lt=2**53)]]
+
+def _camera_class(name: str, n: int) -> type[Strict]:
+    return create_model(f"Camera_{name}", __base__=Strict, __doc__=f"A {name} camera: {n} parameters in COLMAP's order.",
+                        model=(Literal[name], ...), width=(Size, ...), height=(Size, ...),
+                        params=(list[Number], Field(min_length=n, max_length=n)))
+
+
+_CAMERAS = tuple(_camera_class(name, n) for name, n in camera_models().items())
+
+
+class CameraModel(RootModel[Annotated[Union[_CAMERAS], Field(discriminator="model")]]):  # type: ignore[valid-type]
+    """A COLMAP camera ``{"model", "width", "height", "params"}``; its size must match the image.
+    Omitted: EXIF focal length, else estimated."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.root.model_dump()
 
 
 class PriorModel(Strict):
     """A believed ``cam_from_world`` pose: retrieval looks at map images within ``radius`` (map
     units) of its centre first."""
 
-    qvec: list[Finite | int] = Field(min_length=4, max_length=4, description="w, x, y, z; not all zero")
-    tvec: list[Finite | int] = Field(min_length=3, max_length=3)
-    radius: Finite | int = Field(gt=0)
+    qvec: list[Number] = Field(min_length=4, max_length=4, description="w, x, y, z; not all zero",
+                               json_schema_extra={"contains": {"anyOf": [{"exclusiveMinimum": 0},
+                                                                         {"exclusiveMaximum": 0}]}})
+    tvec: list[Number] = Field(min_length=3, max_length=3)
+    radius: Positive
 
     @field_validator("qvec")
     @classmethod
     def _nonzero(cls, q: list[float]) -> list[float]:
-        if math.sqrt(sum(float(v) ** 2 for v in q)) < 1e-12:
+        if max(abs(float(v)) for v in q) == 0:
             raise ValueError("qvec must not be zero")
         return q
 
@@ -42,19 +80,22 @@ class PriorModel(Strict):
 class LocalizeJSON(Strict):
     """The ``application/json`` body of a localization."""
 
-    image_base64: str = Field(min_length=1, description="the encoded image (JPEG, PNG, ...), base64")
+    image_base64: str = Field(pattern=BASE64_PATTERN,
+                              description="the encoded image (JPEG, PNG, ...), base64 (spaces and line breaks ignored)")
     camera: CameraModel | None = None
     prior: PriorModel | None = None
     name: str | None = None
 
 
 class LocalizeForm(BaseModel):
-    """The ``multipart/form-data`` body: an ``image`` part and optional text parts (JSON for
-    camera and prior)."""
+    """The ``multipart/form-data`` body: an ``image`` part and optional parts ``camera`` and
+    ``prior`` (JSON, as in the application/json body) and ``name`` (text); no other parts."""
 
-    image: bytes = Field(json_schema_extra={"format": "binary"})
-    camera: str | None = Field(None, description="JSON, as in the application/json body")
-    prior: str | None = Field(None, description="JSON, as in the application/json body")
+    model_config = ConfigDict(extra="forbid")
+
+    image: bytes = Field(min_length=1, json_schema_extra={"format": "binary"})
+    camera: CameraModel | None = None
+    prior: PriorModel | None = None
     name: str | None = None
 
 
@@ -69,8 +110,8 @@ class Uncertainty(BaseModel):
 
 
 class LocalizeResponse(BaseModel):
-    """A localization result. A query that cannot be localized (an undecodable image included) is
-    a 200 with status ``failed`` and a reason, and no pose."""
+    """A localization result. An image that decodes but cannot be localized is a 200 with status
+    ``failed`` and a reason, and no pose (an image that does not decode is a 422)."""
 
     name: str
     status: Literal["localized", "failed"]

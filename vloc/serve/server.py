@@ -17,6 +17,7 @@ from typing import Iterator
 import uvicorn
 
 from vloc.serve.app import DEFAULT_MAX_BYTES, ServeConf, Service
+from vloc.serve.protocol import guarded_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,16 @@ class _Server(uvicorn.Server):
 def _config(service: Service, sock: socket.socket) -> uvicorn.Config:
     conf = service.conf
     return uvicorn.Config(service.app(), log_config=None, access_log=False, lifespan="off",
+                          http=guarded_protocol(conf.head_timeout_s, conf.max_connections),
                           timeout_keep_alive=60, timeout_graceful_shutdown=int(conf.timeout_s) + 5,
                           limit_concurrency=None, h11_max_incomplete_event_size=64 * 1024,
                           fd=None, host=sock.getsockname()[0], port=sock.getsockname()[1])
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say TCP, and without it
+    # Nagle's algorithm held each keep-alive response's body for the client's delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
