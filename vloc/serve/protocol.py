@@ -86,15 +86,17 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def _make_room(self) -> None:
-        waiting = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and c is not self
-                   and c.waiting_since is not None and not c.transport.is_closing()]
+        live = [c for c in self.connections if isinstance(c, GuardedH11Protocol) and not c.transport.is_closing()]
+        if len(live) <= self.max_connections:
+            return  # the rest are closing already
+        waiting = [c for c in live if c is not self and c.waiting_since is not None]
         if waiting:
             oldest = min(waiting, key=lambda c: c.waiting_since)
-            logger.warning("%d connections open (limit %d): closing one that has waited %.1f s for its request head",
-                           len(self.connections), self.max_connections, time.monotonic() - oldest.waiting_since)
+            logger.debug("%d connections open (limit %d): closing one that has waited %.1f s for its request head",
+                         len(live), self.max_connections, time.monotonic() - oldest.waiting_since)
             oldest.refuse(408, "Request Timeout", "closed to make room: the request head was too slow")
         else:
-            logger.warning("%d connections open (limit %d), all busy: refusing a new one", len(self.connections),
+            logger.warning("%d connections open (limit %d), all busy: refusing a new one", len(live),
                            self.max_connections)
             self.refuse(503, "Service Unavailable", f"{self.max_connections} connections are busy; retry later")
 
