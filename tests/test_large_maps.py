@@ -178,7 +178,7 @@ def _clustered_unit_rows(n: int, d: int, clusters: int = 500, seed: int = 0) -> 
 
 
 def test_index_kind_follows_size_and_is_recorded(tmp_path):
-    assert default_kind(EXACT_MAX_SIZE) is IndexKind.FLAT and default_kind(EXACT_MAX_SIZE + 1) is IndexKind.IVF_SQ8
+    assert default_kind(EXACT_MAX_SIZE) is IndexKind.FLAT and default_kind(EXACT_MAX_SIZE + 1) is IndexKind.PQFS_FP16
     x = _clustered_unit_rows(20_000, 32)
     exact = search(build_index(x, "flat"), x[:200], 10)[1]
     for kind in ("ivf-flat", "ivf-sq8", "hnsw-sq8"):

@@ -1,9 +1,12 @@
 """PCA-whitening learned from the map's own descriptors, and the FAISS inner-product index.
 
 :func:`build_index` picks the index kind by size (:data:`EXACT_MAX_SIZE`, measured in
-``benchmarks/retrieval_scale.py``, docs/benchmarks.md "Retrieval at scale"): exact search below it,
-an inverted file over 8-bit scalar-quantised vectors (``ivf-sq8``) above it, trained on the map's
-own descriptors. :func:`index_params` says what an index is, for the map's manifest.
+``benchmarks/retrieval_scale.py``, docs/benchmarks.md "Retrieval at scale"): exact search up to it;
+above it ``pqfs-fp16``: every vector's 4-bit product-quantised code is scanned (FAISS fast-scan,
+so no inverted list can miss a neighbour), and the best ``k * k_factor`` candidates are re-ranked
+from float16 copies of the vectors held in the index; its quantisers are trained on the map's own
+descriptors. :func:`index_params` says what an index is, for the map's manifest. Maps written
+with the other kinds (``ivf-sq8`` was the default above 100k images before) still load and search.
 """
 from __future__ import annotations
 
@@ -50,15 +53,26 @@ class IndexKind(StrEnum):
     IVF_SQ8 = "ivf-sq8"  # inverted file, 8-bit scalar-quantised vectors (4x smaller than flat)
     IVF_PQ = "ivf-pq"  # inverted file, product-quantised vectors (d/4 bytes per vector)
     HNSW_SQ8 = "hnsw-sq8"  # graph over 8-bit scalar-quantised vectors
+    # every vector's 4-bit PQ code (d/2 sub-quantisers: d/4 bytes) scanned with SIMD fast-scan, then
+    # the top k * k_factor re-ranked from float16 vectors (2d bytes): (2.25 d) bytes per vector
+    PQFS_FP16 = "pqfs-fp16"
 
 
 # Up to this many vectors the exact index is used: at 100k x 256-D it answers in 11 ms on two cores
-# (docs/benchmarks.md, "Retrieval at scale"), beside ~150 ms of local features and matching, and
-# no approximate kind reached its recall; at 1M exact search takes 124 ms and 1 GB.
+# (docs/benchmarks.md, "Retrieval at scale"), beside ~150 ms of local features and matching, with
+# recall 1; at 1M exact search takes 124 ms and 1 GB.
 EXACT_MAX_SIZE = 100_000
 TRAIN_SEED = 0
 FACTORY = {IndexKind.FLAT: "Flat", IndexKind.IVF_FLAT: "IVF{nlist},Flat", IndexKind.IVF_SQ8: "IVF{nlist},SQ8",
-           IndexKind.IVF_PQ: "IVF{nlist},PQ{m}", IndexKind.HNSW_SQ8: "HNSW32,SQ8"}
+           IndexKind.IVF_PQ: "IVF{nlist},PQ{m}", IndexKind.HNSW_SQ8: "HNSW32,SQ8",
+           IndexKind.PQFS_FP16: "PQ{m}x4fs,Refine(SQfp16)"}
+IVF_KINDS = (IndexKind.IVF_FLAT, IndexKind.IVF_SQ8, IndexKind.IVF_PQ)
+# pqfs-fp16: candidates re-ranked per result. At 10^6 x 256-D (docs/benchmarks.md, "Retrieval at
+# scale"), 200 (2,000 candidates for the top 10) reached recall@10 0.995 on the fitted model and
+# 0.998 on the clustered set in ~3-4 ms; 50 gave 0.991 / 0.998.
+REFINE_K_FACTOR = 200
+PQ_TRAIN_MAX = 65_536  # PQ training vectors (k-means with 16 centroids per sub-quantiser)
+PQ_TRAIN_MIN = 39 * 16  # FAISS's minimum for 16 centroids
 
 
 TRAIN_PER_LIST = 64  # k-means training vectors per inverted list (FAISS accepts 39 to 256)
@@ -77,18 +91,31 @@ def default_nprobe(nlist: int) -> int:
 
 
 def default_kind(n: int) -> IndexKind:
-    return IndexKind.FLAT if n <= EXACT_MAX_SIZE else IndexKind.IVF_SQ8
+    """Exact search up to :data:`EXACT_MAX_SIZE` vectors, ``pqfs-fp16`` above."""
+    return IndexKind.FLAT if n <= EXACT_MAX_SIZE else IndexKind.PQFS_FP16
+
+
+def pq_subquantizers(d: int) -> int:
+    """Sub-quantisers of a ``pqfs-fp16`` index over ``d``-D vectors: one per 2 dimensions (one per
+    dimension when ``d`` is odd)."""
+    return d // 2 if d % 2 == 0 else d
 
 
 def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *, nprobe: int | None = None,
-                progress: bool = False) -> faiss.Index:
+                k_factor: float | None = None, progress: bool = False) -> faiss.Index:
     """An inner-product index over ``(N, d)`` unit descriptors (rows = ids ``0..N-1``).
 
     Args:
         descriptors: ``(N, d)`` float32, unit L2 norm.
         kind: an :class:`IndexKind` (its value or the enum); None picks by size (:func:`default_kind`).
         nprobe: inverted lists visited per query (IVF kinds); None: :func:`default_nprobe`.
+        k_factor: ``pqfs-fp16`` only: a top-``k`` search re-ranks the ``k * k_factor`` best PQ
+            candidates; None: :data:`REFINE_K_FACTOR`.
         progress: log FAISS's training progress.
+
+    Raises:
+        ValueError: an unknown kind (the message lists the valid ones), too few vectors to train it,
+            or ``k_factor < 1``.
     """
     x = np.ascontiguousarray(np.atleast_2d(descriptors), dtype=np.float32)
     if x.ndim != 2:
@@ -99,7 +126,15 @@ def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *,
     except ValueError:
         raise ValueError(f"Unknown index kind {kind!r}; valid: {', '.join(k.value for k in IndexKind)}") from None
     factory = FACTORY[kind]
-    if kind in (IndexKind.IVF_FLAT, IndexKind.IVF_SQ8, IndexKind.IVF_PQ):
+    if kind is IndexKind.PQFS_FP16:
+        if n < PQ_TRAIN_MIN:
+            raise ValueError(f"a {kind.value} index needs at least {PQ_TRAIN_MIN} vectors to train its 16-centroid "
+                             f"sub-quantisers, got {n}; use kind='flat'")
+        k_factor = REFINE_K_FACTOR if k_factor is None else k_factor
+        if not k_factor >= 1:
+            raise ValueError(f"k_factor must be >= 1 (candidates re-ranked per result), got {k_factor}")
+        return _build_pqfs_fp16(x, factory.format(m=pq_subquantizers(d)), k_factor)
+    if kind in IVF_KINDS:
         nlist = num_lists(n)
         if n < 39 * nlist:
             raise ValueError(f"an {kind.value} index over {n} vectors would have {nlist} lists with fewer than 39 "
@@ -123,10 +158,36 @@ def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *,
     return index
 
 
+def _build_pqfs_fp16(x: np.ndarray, factory: str, k_factor: float) -> faiss.IndexRefine:
+    """``pqfs-fp16`` over ``(N, d)`` float32 ``x``: PQ trained on a reproducible sample of at most
+    :data:`PQ_TRAIN_MAX` rows, float16 re-ranking vectors (need no training)."""
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    sample = x
+    if len(x) > PQ_TRAIN_MAX:
+        sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(len(x), PQ_TRAIN_MAX, replace=False))]
+    # One k-means per sub-quantiser (16 centroids, 2-D): too small to share between threads. With
+    # FAISS's OpenMP threads on a busy 2-core machine, training 65k x 256-D took 50 s, on one 1.8 s.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        index.train(sample)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    index.add(x)
+    index.k_factor = float(k_factor)
+    return index
+
+
 def index_params(index: faiss.Index) -> tuple[str, dict[str, Any]]:
     """``(kind, parameters)`` of an index built by :func:`build_index` (what a map's manifest records)."""
     if isinstance(index, faiss.IndexFlat):
         return IndexKind.FLAT.value, {}
+    if isinstance(index, faiss.IndexRefine):
+        base, refine = faiss.downcast_index(index.base_index), faiss.downcast_index(index.refine_index)
+        if not (isinstance(base, faiss.IndexPQFastScan) and isinstance(refine, faiss.IndexScalarQuantizer)
+                and refine.sq.qtype == faiss.ScalarQuantizer.QT_fp16):
+            raise ValueError(f"not an index vloc builds: IndexRefine({type(base).__name__}, {type(refine).__name__})")
+        return IndexKind.PQFS_FP16.value, dict(M=base.pq.M, nbits=base.pq.nbits, k_factor=index.k_factor)
     if isinstance(index, faiss.IndexHNSW):
         return IndexKind.HNSW_SQ8.value, dict(M=index.hnsw.nb_neighbors(1), efSearch=index.hnsw.efSearch)
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
