@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pycolmap
 import pytest
@@ -70,21 +71,35 @@ def test_the_schema_names_every_camera_model_and_status():
     assert schemas["LocalizeForm"]["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("prior", [
-    {"qvec": [1e308, 1e308, 1e308, 1e308], "tvec": [0, 0, 0], "radius": 1},  # overflowed the norm: 500
-    {"qvec": [1e-320, 0, 0, 0], "tvec": [1e308, -1e308, 1e308], "radius": 1e300},
-    {"qvec": [1, 0, 0, 0], "tvec": [1e200, 0, 0], "radius": 1e200},  # on the ball's edge, far out
-    {"qvec": [-1.2e308, 3e-296, 0, 1e-147], "tvec": [-1e16, 0, -1.4e146], "radius": 2e16},
-])
-def test_extreme_priors_are_no_server_error(kitti, kitti_map, prior):
+EXTREME_PRIORS = [
+    ([1e308, 1e308, 1e308, 1e308], [0, 0, 0], 1),  # overflowed the quaternion's norm: a 500
+    ([1e-320, 0, 0, 0], [1e308, -1e308, 1e308], 1e300),  # the centre overflows to inf / nan
+    ([1, 0, 0, 0], [1e200, 0, 0], 1e200),  # a ball far out: SciPy's KD-tree raised (squared distances)
+    ([-1.2e308, 3e-296, 0, 1e-147], [-1e16, 0, -1.4e146], 2e16),
+]
+
+
+@pytest.mark.parametrize("qvec, tvec, radius", EXTREME_PRIORS)
+def test_extreme_priors_are_no_server_error(kitti, kitti_map, serve, qvec, tvec, radius):  # noqa: F811
+    """The library takes any finite prior (no exception); the service's schema bounds numbers to
+    +-2^53 and answers such a prior 400, an in-bounds one 200."""
+    from vloc.io.poses import rigid_from_qt
     from vloc.localization.localizer import Localizer
-    from vloc.serve.bodies import parse_prior
+    from vloc.localization.result import Prior
 
     localizer = Localizer.load(kitti_map)
-    parsed = parse_prior(prior)
-    result = localizer.localize((kitti.images / "000109.png").read_bytes(), None, parsed, "q")
+    image = (kitti.images / "000109.png").read_bytes()
+    result = localizer.localize(image, None, Prior(rigid_from_qt(qvec, tvec), radius), "q")
     assert result.retrieval in ("global after prior", "prior"), result.reason
-    assert not result.success or result.cam_from_world is not None
+    port = serve({"kitti": localizer})
+    for prior, code in (({"qvec": qvec, "tvec": tvec, "radius": radius}, 400),
+                        ({"qvec": [min(max(v, -2**53), 2**53) for v in qvec],
+                          "tvec": [min(max(v, -2**53), 2**53) for v in tvec], "radius": min(radius, 2**53)}, 200)):
+        status, _, raw = request(port, "POST", "/localize?prior=" + quote(json.dumps(prior)), image,
+                                 {"Content-Type": "image/png"})
+        assert status == code, (prior, raw[:300])
+        if code == 400:
+            assert "within +-2^53" in json.loads(raw)["error"]
 
 
 def test_unknown_methods_are_405_with_every_allowed_method(serve):  # noqa: F811

@@ -45,7 +45,7 @@ def parse_camera(value: Any) -> pycolmap.Camera | None:
         cam = value if isinstance(value, CameraModel) else CameraModel.model_validate(value)
     except ValidationError as exc:
         raise HttpError(400, 'camera must be a JSON object {"model", "width", "height", "params"}: a COLMAP '
-                        "model with its number of finite params, positive integer width and height "
+                        "model with its number of finite params within +-2^53, positive integer width and height "
                         f"({_first_error(exc)})") from None
     try:
         return camera_from_dict(cam.as_dict())
@@ -60,7 +60,7 @@ def parse_prior(value: Any) -> Prior | None:
     try:
         p = value if isinstance(value, PriorModel) else PriorModel.model_validate(value)
     except ValidationError as exc:
-        raise HttpError(400, f"{_PRIOR_SHAPE} with finite numbers and a non-zero qvec ({_first_error(exc)})") from None
+        raise HttpError(400, f"{_PRIOR_SHAPE} with finite numbers within +-2^53 and a non-zero qvec ({_first_error(exc)})") from None
     return Prior(rigid_from_qt(np.array(p.qvec, float), np.array(p.tvec, float)), float(p.radius))
 
 
@@ -139,6 +139,9 @@ def fields_from_body(kind: str, content_type: str, body: bytes, query: dict[str,
     """The image and its parsed ``camera`` / ``prior`` / ``name`` from a body of ``kind`` and the
     query string. A field may come from either; where both give it, the body's value is used."""
     fields: dict[str, Any] = {k: _json_text(v[0], k) for k, v in query.items() if k != "name"}
+    for key, value in fields.items():
+        if value is None:  # the schema's query parameters are objects; null is not one
+            raise HttpError(400, f"{key}=null: give a JSON object or leave the parameter out")
     if "name" in query:
         fields["name"] = query["name"][0]
     if kind == "multipart/form-data":

@@ -4,12 +4,10 @@ server accepts: every COLMAP camera model is named with its exact parameter coun
 has its bounds, and ``image_base64`` is valid base64 by its pattern."""
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any, Literal, Union
 
 import pycolmap
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, create_model, field_validator
-
 
 
 def _whole(value: Any) -> Any:
@@ -17,12 +15,21 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-FLOAT_MAX = sys.float_info.max  # stated, so that integers past a float's range are outside the schema too
-Finite = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT_MAX, le=FLOAT_MAX)]
+# Every number is within +-2^53: a bound that floats and integers meet exactly (a decimal bound near
+# a float's range is not, and a fuzzer's integer just past it was accepted once it rounded to a float).
+BOUND = 2**53
+
+
+def _in_bounds(value: Any) -> Any:
+    """An integer is compared exactly, before it is rounded to a float that would pass the bounds."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > BOUND:
+        raise ValueError(f"{value:.3e} is outside +-2^53")
+    return value
+
+
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-BOUND, le=BOUND), BeforeValidator(_in_bounds)]
+Positive = Annotated[float, Field(allow_inf_nan=False, gt=0, le=BOUND), BeforeValidator(_in_bounds)]
 Size = Annotated[int, Field(gt=0, lt=2**31), BeforeValidator(_whole)]
-SafeInt = Annotated[int, Field(gt=-2**53, lt=2**53)]  # integers a float holds exactly
-Number = Finite | SafeInt
-Positive = Annotated[float, Field(gt=0, le=FLOAT_MAX, allow_inf_nan=False)] | Annotated[int, Field(gt=0, lt=2**53)]
 
 # Base64 (RFC 4648, standard alphabet, padded) with spaces and line breaks allowed anywhere, at
 # least one 4-character group. The server removes exactly these whitespace characters and decodes.
