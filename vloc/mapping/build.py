@@ -7,6 +7,10 @@ after a crash, Ctrl-C or ``kill -9`` skips the finished stages, resumes extracti
 where they stopped, and gives the same map. The map itself is written into a temporary
 directory and renamed into place last: it appears only complete. The default work directory is
 removed once the map is written; a given ``work`` is kept (its stages can seed another build).
+One build at a time writes a map or a work directory (a lock, :mod:`vloc.mapping.faults`), and a
+write the filesystem refuses (full, read-only) stops the build with a
+:class:`~vloc.mapping.faults.MapWriteError` that names the path: the previous map is unchanged
+and the same command resumes.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from vloc.mapping.cameras import (
 )
 from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
+from vloc.mapping.faults import guarded, map_lock, work_lock
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import guided_views, match_stage, pairs_stage, read_whitening
@@ -104,13 +109,17 @@ def build_map(
     """
     plan = _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, overwrite, cameras,
                  refine_intrinsics, work)
-    executor = make_executor(workers, ray)
-    try:
-        manifest = _run(plan, executor)
-    finally:
-        executor.close()
-    if work is None:
-        shutil.rmtree(plan.work, ignore_errors=True)
+    with guarded("map build", plan.out, plan.work, existed=plan.out.exists()), map_lock(plan.out):
+        if plan.out.exists() and not overwrite:  # written by another build since _plan looked
+            raise FileExistsError(f"{plan.out}: already exists (pass --overwrite to replace it)")
+        with work_lock(plan.work):
+            executor = make_executor(workers, ray)
+            try:
+                manifest = _run(plan, executor)
+            finally:
+                executor.close()
+            if work is None:
+                shutil.rmtree(plan.work, ignore_errors=True)
     return manifest
 
 

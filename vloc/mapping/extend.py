@@ -15,8 +15,9 @@ index (each new image with its ``pairs.num_retrieved`` best map images) and amon
 
 The map images' features enter the work directory from the map (no image of the map is read;
 its images need not be on disk). The extended map is written beside the map and renamed over it
-last: an interrupted extend leaves the old map as it was. Images that do not register are
-listed in the manifest (``extensions``) and the result, never given a pose.
+last: an interrupted extend, or one whose filesystem refuses a write, leaves the old map as it
+was (:mod:`vloc.mapping.faults`: the map is locked while an extend runs). Images that do not
+register are listed in the manifest (``extensions``) and the result, never given a pose.
 Not supported yet (refused by name): maps with a fallback layer and adapted maps.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import shutil
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,6 +44,7 @@ from vloc.mapping import match as matching
 from vloc.mapping.build import read_image_list
 from vloc.mapping.executor import make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, feature_path, read_global, read_image_size
+from vloc.mapping.faults import guarded, map_lock, naming, native_write, work_lock
 from vloc.mapping.manifest import Manifest, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import match_stage, write_pairs
@@ -79,8 +82,23 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
                skip_bad_images: bool = False, overwrite: bool = False) -> ExtendResult:
     """Add the images under ``images`` (those of ``image_list``, or of ``reference``, or all
     that the map does not hold yet) to the map at ``map_dir``; see the module docstring.
-    ``overwrite``: recompute work stages written under another configuration (else refused)."""
-    map_dir, images = Path(map_dir), Path(images)
+    ``overwrite``: recompute work stages written under another configuration (else refused).
+
+    The map and the work directory are locked while it runs (another build or extend of either
+    is refused with :class:`~vloc.mapping.faults.MapBusyError`); a write the filesystem refuses
+    stops it with :class:`~vloc.mapping.faults.MapWriteError`, the map unchanged."""
+    map_dir = Path(map_dir)
+    read_manifest(map_dir)  # not a map: refused before anything is created beside it
+    work_dir = Path(work) if work is not None else default_extend_work_dir(map_dir)
+    with guarded("map extend", map_dir, work_dir, existed=True), map_lock(map_dir), ExitStack() as held:
+        return _extend(map_dir, Path(images), image_list, reference, work, workers, ray, skip_bad_images, overwrite,
+                       held)
+
+
+def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Path | None, work: Path | None,
+            workers: int, ray: str | bool | None, skip_bad_images: bool, overwrite: bool,
+            held: ExitStack) -> ExtendResult:
+    """:func:`extend_map` with the map locked; the work directory's lock joins ``held``."""
     manifest = read_manifest(map_dir)
     if (map_dir / FALLBACK_DIR).exists():
         raise ValueError(f"{map_dir}: extending a map with a fallback layer is not supported yet; rebuild it with "
@@ -96,7 +114,7 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
     if missing and not skip_bad_images:
         raise FileNotFoundError(f"{images}: {len(missing)} new images missing, e.g. {missing[:3]}")
     work = Path(work) if work is not None else default_extend_work_dir(map_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    held.enter_context(work_lock(work))
     executor = make_executor(workers, ray)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -184,7 +202,7 @@ def _import_map_features(extract_dir: Path, store: MapStore) -> None:
         if path.is_file():
             continue
         feats = store.features(row)
-        with atomic_path(path) as tmp:
+        with naming(path), atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, keypoints=feats.keypoints, descriptors=feats.descriptors.astype(np.float16),
                          scores=feats.scores, image_size=np.asarray(feats.image_size, np.int64),
@@ -261,7 +279,7 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
     stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-triangulation"}, overwrite)
     if stage.done:
         return pycolmap.Reconstruction(str(stage.directory / RECONSTRUCTION))
-    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+    with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         rec = pycolmap.triangulate_points(combined, str(database.directory / DATABASE), str(images), out,
                                           clear_points=False)
     save_reconstruction(stage, rec)
@@ -307,7 +325,7 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
                        "lengths and distortion, the map's cameras too", len(cameras) - len(model.cameras))
     for key, value in dataclasses.asdict(preset.mapper).items():
         setattr(options.mapper, key, value)
-    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+    with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         models = pycolmap.incremental_mapping(str(database.directory / DATABASE), str(images), out, options,
                                               input_path=str(map_dir / MODEL_DIR))
     if not models:

@@ -21,6 +21,7 @@ so an interrupted build never leaves a directory that :func:`open_map` accepts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 from vloc.config import GlobalConf, Preset, check_compatible, get_preset
 from vloc.features.base import Features
+from vloc.mapping.faults import naming, write_model
 from vloc.mapping.manifest import (
     MANIFEST,
     Counts,
@@ -48,6 +50,7 @@ from vloc.mapping.manifest import (
 )
 from vloc.mapping.store import (
     FEATURES,
+    GLOBAL,
     IMAGES,
     POINTS,
     FeatureMap,
@@ -58,6 +61,8 @@ from vloc.mapping.store import (
     write_points,
 )
 from vloc.retrieval.index import IndexKind, Whitening, build_index, index_params
+
+logger = logging.getLogger(__name__)
 
 FALLBACK_DIR = "fallback"
 MODEL_DIR = "model"
@@ -76,25 +81,50 @@ def atomic_map_dir(out: Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.writing-*"):
-        if not _alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
+    _clear_stale(out)
     tmp = out.with_name(f".{out.name}.writing-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        with naming(tmp):
+            yield tmp
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)  # the previous map goes back where it was
+                raise
+            try:
+                shutil.rmtree(old)
+            except OSError as exc:  # the new map is in place: that is success
+                logger.warning("%s: the previous map could not be removed (%s); delete it by hand", old, exc)
         else:
             os.rename(tmp, out)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)  # a read-only filesystem keeps it: the next write removes it
+            if tmp.exists():
+                logger.warning("%s: could not be removed; the next build or extend of %s removes it", tmp, out)
+
+
+def _clear_stale(out: Path) -> None:
+    """Remove what a killed process left beside ``out``: its temporary map (``.NAME.writing-PID``),
+    and the previous map it had moved aside (``.NAME.old-PID``), which goes back to ``out`` when the
+    process died between its two renames."""
+    for stale in out.parent.glob(f".{out.name}.writing-*"):
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    for old in out.parent.glob(f".{out.name}.old-*"):
+        if _alive(old.name.rsplit("-", 1)[-1]):
+            continue
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            logger.warning("%s: restoring the previous map from %s (its writer died while replacing it)", out, old)
+            os.rename(old, out)
 
 
 def _alive(pid: str) -> bool:
@@ -133,28 +163,37 @@ def write_map(
     """
     directory = Path(directory)
     (directory / MODEL_DIR).mkdir()
-    reconstruction.write_binary(str(directory / MODEL_DIR))
+    write_model(reconstruction, directory / MODEL_DIR)
     images = sorted((im for im in reconstruction.images.values() if im.has_pose), key=lambda im: im.name)
     if not images:
         raise ValueError("the reconstruction has no registered image; a map needs at least one")
     writer, keypoints, observations, centres = None, 0, 0, []
-    for im in tqdm(images, desc="write map", unit="img", disable=len(images) < 1000):
-        feats = features[im.name]
-        if len(feats) != im.num_points2D():
-            raise ValueError(f"{im.name}: {len(feats)} keypoints but {im.num_points2D()} points2D in the model")
-        if writer is None:
-            writer = FeatureWriter(directory, feats.descriptors.shape[1])
-        ids = point3D_ids_of(im)
-        centres.append(im.projection_center())
-        writer.add(im.name, feats, ids, centres[-1])
-        keypoints, observations = keypoints + len(ids), observations + int((ids >= 0).sum())
-    writer.close()
+    try:
+        for im in tqdm(images, desc="write map", unit="img", disable=len(images) < 1000):
+            feats = features[im.name]
+            if len(feats) != im.num_points2D():
+                raise ValueError(f"{im.name}: {len(feats)} keypoints but {im.num_points2D()} points2D in the model")
+            with naming(directory / FEATURES):
+                if writer is None:
+                    writer = FeatureWriter(directory, feats.descriptors.shape[1])
+                ids = point3D_ids_of(im)
+                centres.append(im.projection_center())
+                writer.add(im.name, feats, ids, centres[-1])
+            keypoints, observations = keypoints + len(ids), observations + int((ids >= 0).sum())
+        with naming(directory / FEATURES):
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
     point_ids = np.array(sorted(reconstruction.points3D), np.int64)
     xyz = np.array([reconstruction.points3D[int(i)].xyz for i in point_ids]).reshape(-1, 3)
-    write_points(directory, point_ids, xyz)
+    with naming(directory / POINTS):
+        write_points(directory, point_ids, xyz)
     raw = np.stack([np.asarray(global_desc[im.name], np.float32) for im in images])
     index = build_index(whitening(raw), index_kind)
-    write_global(directory, raw, whitening, index)
+    with naming(directory / GLOBAL):
+        write_global(directory, raw, whitening, index)
     kind, params = index_params(index)
     manifest = Manifest(
         preset=preset, source=source, adaptation=adaptation,

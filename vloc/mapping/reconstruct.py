@@ -9,7 +9,9 @@ WORK/model/stage.json       configuration (the database's, the mapper's)
 WORK/model/reconstruction/  the COLMAP model (binary): triangulated, or SfM's largest model
 ```
 Both stages write into a temporary name and rename it complete; a rerun after a kill during
-either one runs that stage again from its inputs.
+either one runs that stage again from its inputs. The model is read back before it is renamed
+(:func:`vloc.mapping.faults.write_model`: pycolmap reports no failed write, and a full disk
+would leave a truncated model a rerun took as complete).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from vloc.config import MapperConf, VerifyConf
 from vloc.mapping.database import write_database
 from vloc.mapping.extract import LruFeatures, read_features
+from vloc.mapping.faults import native_write, write_model
 from vloc.mapping.match import iter_matches, read_pairs
 from vloc.mapping.stages import Stage, digest
 from vloc.matching.verify import num_inliers, verify_known_poses
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
 MAPPERS = ("incremental", "global")
 DATABASE, RECONSTRUCTION = "database.db", "reconstruction"
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def _keypoints(extract_dir: Path, ids: dict[str, int], extracted: set[str]) -> Iterator[tuple[int, np.ndarray]]:
@@ -104,8 +108,10 @@ def _write(stage: Stage, build) -> None:
     final = stage.directory / DATABASE
     tmp = stage.directory / f"{DATABASE}.tmp"
     for path in (final, tmp):
-        path.unlink(missing_ok=True)
-    build(tmp)
+        for part in (path, *(path.with_name(path.name + end) for end in SQLITE_SIDE_FILES)):
+            part.unlink(missing_ok=True)  # a stale -wal would be replayed into the new database
+    with native_write(tmp):
+        build(tmp)
     tmp.rename(final)
 
 
@@ -117,7 +123,8 @@ def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str]
         if im.name not in keep and im.has_pose:
             empty.deregister_frame(im.frame_id)  # a skipped bad image: keep the others fixed
     empty.delete_all_points2D_and_points3D()
-    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+    # (pycolmap opens the database, which writes beside it, and writes its output: a refusal is a RuntimeError)
+    with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out)
     save_reconstruction(stage, rec)
     return rec
@@ -127,7 +134,7 @@ def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: str, mapper_c
         refine: tuple[bool, bool, bool], num_images: int) -> pycolmap.Reconstruction:
     """Incremental or global SfM on the verified database; keeps the largest model."""
     focal, principal, extra = refine
-    with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+    with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         if mapper == "global":
             options = pycolmap.GlobalPipelineOptions()
             ba = options.mapper.bundle_adjustment
@@ -158,7 +165,7 @@ def save_reconstruction(stage: Stage, rec: pycolmap.Reconstruction) -> None:
         if path.exists():
             shutil.rmtree(path)
     tmp.mkdir()
-    rec.write_binary(str(tmp))
+    write_model(rec, tmp)
     tmp.rename(final)
 
 

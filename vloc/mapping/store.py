@@ -24,6 +24,7 @@ docs/benchmarks.md ("Map format"). Only the FAISS index is read into memory.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -37,12 +38,24 @@ from vloc.io.arrays import NpyAppender, open_array
 from vloc.mapping.manifest import MapFormatError
 from vloc.retrieval.index import Whitening
 
+logger = logging.getLogger(__name__)
+
 IMAGES, FEATURES, POINTS, GLOBAL = "images", "features", "points3D", "global"
 INDEX_FILE = f"{GLOBAL}/index.faiss"
 PARTS = (f"{IMAGES}/names.npy", f"{IMAGES}/offsets.npy", f"{IMAGES}/sizes.npy", f"{IMAGES}/centres.npy",
          f"{FEATURES}/keypoints.npy", f"{FEATURES}/descriptors.npy", f"{FEATURES}/scores.npy",
          f"{FEATURES}/point3D_ids.npy", f"{POINTS}/ids.npy", f"{POINTS}/xyz.npy", f"{GLOBAL}/descriptors.npy",
          f"{GLOBAL}/whitened.npy", f"{GLOBAL}/whitening.npz", INDEX_FILE)
+
+
+def save_array(path: Path, array: np.ndarray, block: int = 1 << 16) -> None:
+    """``np.save(path, array)`` with every write checked: for a real file ``np.save`` writes with
+    ``ndarray.tofile``, which loses the error of its last flush, so a full disk can leave a
+    truncated ``.npy`` and no error. Written ``block`` rows at a time (no copy of the whole array)."""
+    array = np.asarray(array)
+    with NpyAppender(path, array.dtype, array.shape[1:]) as out:
+        for start in range(0, len(array), block):
+            out.append(array[start:start + block])
 
 
 def encode_names(names: list[str]) -> np.ndarray:
@@ -79,32 +92,44 @@ class FeatureWriter:
         self._sizes.append(features.image_size)
         self._centres.append(np.asarray(centre, np.float64).reshape(3))
 
+    def discard(self) -> None:
+        """Close the files after a failure (their content is left to the caller to remove)."""
+        for a in self._arrays.values():
+            try:
+                a.close()
+            except OSError as exc:  # the write that failed may fail again on close: nothing to keep
+                logger.debug("%s: %s", a.path, exc)
+
     def close(self) -> None:
         for a in self._arrays.values():
             a.close()
         d = self.directory / IMAGES
-        np.save(d / "names.npy", encode_names(self.names))
-        np.save(d / "offsets.npy", np.array(self._offsets, np.int64))
-        np.save(d / "sizes.npy", np.array(self._sizes, np.int64).reshape(-1, 2))
-        np.save(d / "centres.npy", np.array(self._centres, np.float64).reshape(-1, 3))
+        save_array(d / "names.npy", encode_names(self.names))
+        save_array(d / "offsets.npy", np.array(self._offsets, np.int64))
+        save_array(d / "sizes.npy", np.array(self._sizes, np.int64).reshape(-1, 2))
+        save_array(d / "centres.npy", np.array(self._centres, np.float64).reshape(-1, 3))
 
 
 def write_points(directory: Path, ids: np.ndarray, xyz: np.ndarray) -> None:
     """``ids``: ``(P,)`` COLMAP point3D_ids, ``xyz``: ``(P, 3)``; stored sorted by id."""
     (Path(directory) / POINTS).mkdir(parents=True, exist_ok=True)
     order = np.argsort(ids)
-    np.save(Path(directory) / POINTS / "ids.npy", np.asarray(ids, np.int64)[order])
-    np.save(Path(directory) / POINTS / "xyz.npy", np.asarray(xyz, np.float64).reshape(-1, 3)[order])
+    save_array(Path(directory) / POINTS / "ids.npy", np.asarray(ids, np.int64)[order])
+    save_array(Path(directory) / POINTS / "xyz.npy", np.asarray(xyz, np.float64).reshape(-1, 3)[order])
 
 
 def write_global(directory: Path, raw: np.ndarray, whitening: Whitening, index: faiss.Index) -> None:
     """``raw``: ``(N, D_g)`` in the images' row order; ``index`` over ``whitening(raw)``."""
     g = Path(directory) / GLOBAL
     g.mkdir(parents=True, exist_ok=True)
-    np.save(g / "descriptors.npy", np.asarray(raw, np.float32))
-    np.save(g / "whitened.npy", whitening(raw) if len(raw) else np.zeros((0, len(whitening.projection)), np.float32))
+    save_array(g / "descriptors.npy", np.asarray(raw, np.float32))
+    save_array(g / "whitened.npy",
+               whitening(raw) if len(raw) else np.zeros((0, len(whitening.projection)), np.float32))
     np.savez(g / "whitening.npz", mean=whitening.mean, projection=whitening.projection)
-    faiss.write_index(index, str(g / "index.faiss"))
+    # Serialized here and written by Python: faiss.write_index reports no failed close (a full disk
+    # leaves a truncated index behind, and a message on stderr).
+    with open(g / "index.faiss", "wb") as f:
+        f.write(faiss.serialize_index(index).data)
 
 
 def prior_radius(centres: np.ndarray) -> float:
