@@ -337,7 +337,8 @@ def main() -> None:
         params += "" if r["default"] else " *"
         real = f"{r['recall_real']:>7.3f}" if r["recall_real"] == r["recall_real"] else f"{'-':>7}"
         mmap = f"{r['mmap_mb']:>8.0f}" if r["mmap_mb"] else f"{'-':>8}"
-        print(f"{r['size']:>9}  {r['kind']:<16}{params:<38}{r['build_s']:>8.1f}{r['memory_mb']:>10.1f}{mmap}"
+        build = f"{r['build_s']:>8.1f}" if r["default"] else f"{'':>8}"
+        print(f"{r['size']:>9}  {r['kind']:<16}{params:<38}{build}{r['memory_mb']:>10.1f}{mmap}"
               f"{r['query_ms']:>9.2f}{r['recall']:>10.3f}{real}{r['load']:>6.2f}")
     print("* a setting other than the design's default (nprobe, efSearch or k_factor); load: 1-min load average "
           "before the row's queries")
