@@ -119,6 +119,13 @@ class PoseConf:
     # the query's ratio test against the map's points (RANSAC rejects what a looser test lets
     # through); 0 = the matcher's own ratio, which map images were matched with
     match_ratio: float = 0.0
+    # a pose whose inliers' median reprojection error is above this fraction of max_error_px fails as
+    # "weak support" (a wrong pose RANSAC accepted; vloc.localization.verify, issue 24); 0 = off
+    max_median_residual: float = 0.5
+    # the pose refined from its mirror about the inliers' plane ends more than max_rival_deg away with a
+    # median error within max_rival_ratio of the pose's: "ambiguous pose" (vloc.localization.verify); 0 = off
+    max_rival_ratio: float = 1.5
+    max_rival_deg: float = 5.0
 
 
 @dataclass(frozen=True)

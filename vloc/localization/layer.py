@@ -20,6 +20,7 @@ from vloc.localization.models import ModelCache
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.localization.retriever import ImageRetriever
+from vloc.localization.verify import check_pose
 from vloc.mapping.map_dir import global_conf_in_map, open_map
 from vloc.matching import make_matcher
 
@@ -104,5 +105,9 @@ class Layer:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")
             return
-        res.success, res.reason, res.cam_from_world = True, "", estimate.cam_from_world
+        res.reason = check_pose(res.points2D, self.store.points_xyz(res.point3D_ids), res.inlier_mask,
+                                estimate.cam_from_world, estimate.camera, conf)
+        if res.reason:
+            return
+        res.success, res.cam_from_world = True, estimate.cam_from_world
         res.camera, res.covariance = estimate.camera, estimate.covariance
