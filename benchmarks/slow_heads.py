@@ -17,19 +17,10 @@ import threading
 import time
 from pathlib import Path
 
+from vloc.evaluation.server import open_slow_heads
 from vloc.localization.localizer import Localizer
 from vloc.serve.app import ServeConf, Service
 from vloc.serve.server import ThreadedServer
-
-
-def open_slow(port: int, n: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        s.sendall(b"POST /localize HTTP/1.1\r\nHo")
-        s.setblocking(False)
-        socks.append(s)
-    return socks
 
 
 def drip(socks: list[socket.socket], seconds: float, closed_at: dict) -> None:
@@ -78,7 +69,7 @@ def run(localizer: Localizer, body: bytes, n: int, args: argparse.Namespace) -> 
     port = server.server_address[1]
     try:
         normal_client(port, body, time.monotonic() + 2)  # warm-up
-        socks = open_slow(port, n)
+        socks = open_slow_heads(port, n)
         closed_at: dict = {}
         dripper = threading.Thread(target=drip, args=(socks, args.drip, closed_at))
         dripper.start()

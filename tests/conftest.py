@@ -56,3 +56,27 @@ def kitti_map(kitti, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vg_map(virtual_gallery, tmp_path_factory) -> Path:
     return _build(virtual_gallery, tmp_path_factory.mktemp("maps") / "virtual_gallery")
+
+
+@pytest.fixture
+def serve():
+    """``serve(maps, **ServeConf fields)`` -> the port of a service run in a thread (stopped after the test)."""
+    import threading
+
+    from vloc.serve.app import ServeConf, Service
+    from vloc.serve.server import ThreadedServer
+
+    servers = []
+
+    def start(maps: dict, **conf) -> int:
+        server = ThreadedServer(Service(maps, ServeConf(**conf)), port=0)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        return server.server_address[1]
+
+    yield start
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -321,19 +321,25 @@ def test_disk_full_during_extend_keeps_the_map(mode, scene, seeds, mounts, tmp_p
 # --- read-only ---------------------------------------------------------------------------------
 
 
+def _seeded(command: str, scene: Path, seeds: Path, map_dir: Path, work: Path) -> tuple[Path, list[str]]:
+    """A finished reference map (build) or map to extend, with its work directory, and the
+    command line that rewrites it."""
+    seed = "ref" if command == "build" else "ext_ref"
+    shutil.copytree(seeds / (f"{seed}_map" if command == "build" else f"{seed}_base"), map_dir)
+    shutil.copytree(seeds / f"{seed}_work", work)
+    args = (build_args(scene, map_dir, "ref", "--overwrite", "--work", str(work)) if command == "build"
+            else extend_args(scene, map_dir, "ref", "--work", str(work)))
+    return map_dir, args
+
+
 @pytest.mark.parametrize("command", ["build", "extend"])
 def test_read_only_folder_is_refused_before_any_work(command, scene, seeds, mounts, tmp_path, caplog):
     """The folder holding the map is read-only: refused at once (no stage runs), the map
     unchanged; writable again, the same command completes."""
     fs = mounts.tmpfs(tmp_path / "fs")
-    map_dir, work = fs / "map", tmp_path / "work"
-    seed = "ref" if command == "build" else "ext_ref"
-    shutil.copytree(seeds / (f"{seed}_map" if command == "build" else f"{seed}_base"), map_dir)
-    shutil.copytree(seeds / f"{seed}_work", work)
+    map_dir, args = _seeded(command, scene, seeds, fs / "map", tmp_path / "work")
     before = snapshot(map_dir)
     mounts.read_only(fs)
-    args = (build_args(scene, map_dir, "ref", "--overwrite", "--work", str(work)) if command == "build"
-            else extend_args(scene, map_dir, "ref", "--work", str(work)))
     status, error = run_cli(args, caplog)
     assert status == 2
     assert f"{fs}/.map.lock: {READ_ONLY}" in error, error
@@ -351,14 +357,9 @@ def test_read_only_folder_is_refused_before_any_work(command, scene, seeds, moun
 @pytest.mark.parametrize("command", ["build", "extend"])
 def test_read_only_map_directory_is_refused(command, scene, seeds, mounts, tmp_path, caplog):
     """The map directory itself is a read-only mount (its folder is writable)."""
-    map_dir, work = tmp_path / "map", tmp_path / "work"
-    seed = "ref" if command == "build" else "ext_ref"
-    shutil.copytree(seeds / (f"{seed}_map" if command == "build" else f"{seed}_base"), map_dir)
-    shutil.copytree(seeds / f"{seed}_work", work)
+    map_dir, args = _seeded(command, scene, seeds, tmp_path / "map", tmp_path / "work")
     before = snapshot(map_dir)
     mounts.read_only_bind(map_dir)
-    args = (build_args(scene, map_dir, "ref", "--overwrite", "--work", str(work)) if command == "build"
-            else extend_args(scene, map_dir, "ref", "--work", str(work)))
     status, error = run_cli(args, caplog)
     assert status == 2
     assert f"{map_dir}: {READ_ONLY}" in error and f"{map_dir} is unchanged" in error, error

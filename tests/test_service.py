@@ -17,8 +17,7 @@ import time
 import pytest
 
 from vloc.evaluation.server import read_until_closed
-from vloc.serve.app import ServeConf, Service
-from vloc.serve.server import ThreadedServer
+from vloc.serve.app import Service
 
 STAND_IN = '''
 import time
@@ -57,24 +56,6 @@ class StandIn:
 namespace: dict = {}
 exec(compile(STAND_IN, "stand_in", "exec"), namespace)  # the same class for the in-process tests and the child
 StandIn = namespace["StandIn"]
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(maps: dict, **conf) -> int:
-        server = ThreadedServer(Service(maps, ServeConf(**conf)), port=0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        servers.append((server, thread))
-        return server.server_address[1]
-
-    yield start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

@@ -15,8 +15,9 @@ from urllib.parse import quote
 
 import pycolmap
 import pytest
-from test_service import StandIn, localize, request, serve  # noqa: F401  (serve: the fixture)
+from test_service import StandIn, localize, request
 
+from vloc.evaluation.server import open_slow_heads
 from vloc.serve.app import Service
 
 # The fuzzer's own expectations, where the schema cannot carry ours: a body that is a schema-valid
@@ -35,7 +36,7 @@ def _schemathesis() -> Path:
     return path
 
 
-def test_schemathesis_finds_no_failure(kitti_map, serve, tmp_path):  # noqa: F811
+def test_schemathesis_finds_no_failure(kitti_map, serve, tmp_path):
     import subprocess
 
     from vloc.localization.localizer import Localizer
@@ -80,7 +81,7 @@ EXTREME_PRIORS = [
 
 
 @pytest.mark.parametrize("qvec, tvec, radius", EXTREME_PRIORS)
-def test_extreme_priors_are_no_server_error(kitti, kitti_map, serve, qvec, tvec, radius):  # noqa: F811
+def test_extreme_priors_are_no_server_error(kitti, kitti_map, serve, qvec, tvec, radius):
     """The library takes any finite prior (no exception); the service's schema bounds numbers to
     +-2^53 and answers such a prior 400, an in-bounds one 200."""
     from vloc.io.poses import rigid_from_qt
@@ -102,7 +103,7 @@ def test_extreme_priors_are_no_server_error(kitti, kitti_map, serve, qvec, tvec,
             assert "within +-2^53" in json.loads(raw)["error"]
 
 
-def test_unknown_methods_are_405_with_every_allowed_method(serve):  # noqa: F811
+def test_unknown_methods_are_405_with_every_allowed_method(serve):
     port = serve({"a": StandIn()})
     for path, allowed in (("/health", "GET, HEAD"), ("/maps", "GET, HEAD"), ("/metrics", "GET, HEAD"),
                           ("/localize", "POST"), ("/maps/a/localize", "POST")):
@@ -112,7 +113,7 @@ def test_unknown_methods_are_405_with_every_allowed_method(serve):  # noqa: F811
             assert allowed in json.loads(raw)["error"]
 
 
-def test_keep_alive_answers_are_not_held_by_nagle(serve):  # noqa: F811
+def test_keep_alive_answers_are_not_held_by_nagle(serve):
     """A second request on a kept-alive connection was answered ~40 ms late (the server socket was
     not marked TCP, so asyncio left Nagle's algorithm on and the body waited for a delayed ACK)."""
     import http.client
@@ -128,16 +129,6 @@ def test_keep_alive_answers_are_not_held_by_nagle(serve):  # noqa: F811
         seconds.append(time.perf_counter() - t)
     conn.close()
     assert statistics.median(seconds[2:]) < 0.02, seconds  # 0.04 s each before, 0.002 s after
-
-
-def _slow_heads(port: int, n: int) -> list[socket.socket]:
-    socks = []
-    for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b"GET /health HTTP/1.1\r\nHo")
-        s.setblocking(False)
-        socks.append(s)
-    return socks
 
 
 def _drip(socks: list[socket.socket], seconds: float) -> None:
@@ -175,12 +166,12 @@ def _answers(socks: list[socket.socket], timeout: float) -> list[bytes]:
     return [got[s] if s not in open_ else b"" for s in socks]
 
 
-def test_slow_request_heads_hold_nothing(serve):  # noqa: F811
+def test_slow_request_heads_hold_nothing(serve):
     """300 clients sending their request heads a byte at a time: a normal client keeps getting
     answers; past the connection cap the longest-waiting slow heads are closed at once, the rest
     at the head deadline, each with a 408."""
     port = serve({"a": StandIn()}, head_timeout_s=3.0, max_connections=200)
-    socks = _slow_heads(port, 300)
+    socks = open_slow_heads(port, 300, b"GET /health HTTP/1.1\r\nHo")
     dripping = threading.Thread(target=_drip, args=(socks, 2.5), daemon=True)
     dripping.start()
     latencies = []

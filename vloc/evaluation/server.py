@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -71,3 +72,15 @@ def read_until_closed(sock, timeout_s: float) -> bytes:
     except OSError:
         pass
     return out
+
+
+def open_slow_heads(port: int, n: int, start: bytes = b"POST /localize HTTP/1.1\r\nHo") -> list[socket.socket]:
+    """``n`` non-blocking connections that have sent the first bytes of a request head and stop
+    there (a slow-head client; the caller drips the rest)."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((HOST, port), timeout=10)
+        s.sendall(start)
+        s.setblocking(False)
+        socks.append(s)
+    return socks
