@@ -10,9 +10,10 @@ errors spread evenly over it.
 
 Measured with ``benchmarks/pose_check.py`` (issue 24; the median inlier error as a fraction of the
 RANSAC threshold): right poses (within the first recall threshold) 0.02-0.19 for SIFT (temple,
-kitti, virtual_gallery), 0.18-0.38 for XFeat (kitti, virtual_gallery), 0.26-0.46 for ALIKED
-(temple); XFeat's wrong poses on temple (0002 and 0010 at 31 % / 17 deg) 0.60, a loose one (4 % / 2.4 deg) 0.53. The limit,
-``PoseConf.max_median_residual`` = 0.5, lies between; a pose above it fails as "weak support".
+kitti, virtual_gallery, lund), 0.18-0.38 for XFeat (kitti, virtual_gallery, lund), 0.26-0.46 for
+ALIKED (temple); XFeat's wrong poses on temple (0002 and 0010 at 31 % / 17 deg) 0.60, a loose one
+(4 % / 2.4 deg) 0.53. The limit, ``PoseConf.max_median_residual`` = 0.5, lies between; a pose
+above it fails as "weak support".
 
 A wrong pose whose inliers fit it tightly needs the second test. ALIKED alone on temple 0002
 (45 % / 26 deg, 118 inliers at a median 1.5 px = 0.19) is one: the object is small, far and nearly
@@ -20,7 +21,7 @@ flat in a narrow view, where a plane seen at a tilt and at the mirrored tilt pro
 two-fold ambiguity of a plane under weak perspective). :func:`mirrored_pose` starts the refinement
 from the pose mirrored about the inliers' plane: for that wrong pose it converged 17.5 deg away with a
 median error 1.03x the pose's; for the right ALIKED poses on temple it ended 2.8x and 3.3x worse, for
-SIFT and XFeat either 70x worse or back at the pose itself. A rival within ``PoseConf.max_rival_ratio``
+the right SIFT and XFeat poses on temple and lund 6x-320x worse or back at the pose itself. A rival within ``PoseConf.max_rival_ratio``
 (1.5) of the pose's error and more than ``PoseConf.max_rival_deg`` (5 deg) away fails the query as
 "ambiguous pose": nothing in the correspondences prefers one of the two.
 """
