@@ -28,8 +28,8 @@ that failed, of the last pose it rejected:
 ``--splits`` adds selections of temple's 16-view ring (all 16 poses are known): ``ring4`` (map =
 every 4th view, queries the others: 90 deg between map views), ``ring4b`` (the same, shifted by 2),
 ``half`` (map = views 1-8, queries 9-16: outside the map's arc), ``odd3`` (map = views 1, 4, 7, ...:
-67.5 deg). ``--no-verify`` turns the pose check off (``PoseConf.max_median_residual = 0``) to see the
-signals of the poses it rejects.
+67.5 deg). ``--no-verify`` turns the pose check off (``PoseConf.max_median_residual`` and
+``max_rival_ratio`` = 0) to see the signals of the poses it rejects.
 """
 from __future__ import annotations
 
@@ -188,7 +188,8 @@ def signals(res: LocalizationResult, layer: Layer, scale: float) -> dict[str, fl
     alt, alt_deg = rival(res, xyz, layer)
     gpos, grot, depth = dilution(res, xyz, scale)
     mir, mir_deg = mirror(res, xyz)
-    return dict(gpos=gpos, grot=grot, depth=depth, mir=mir, mirR=mir_deg, inl=res.num_inliers, ratio=res.inlier_ratio, hull=hull_percent(res.points2D[inl], res.camera),
+    return dict(gpos=gpos, grot=grot, depth=depth, mir=mir, mirR=mir_deg, inl=res.num_inliers,
+                ratio=res.inlier_ratio, hull=hull_percent(res.points2D[inl], res.camera),
                 res=float(np.median(residuals(res, xyz, inl))) / layer.preset.pose.max_error_px,
                 sig=unc["position_sigma"] / scale, sigR=unc["rotation_sigma_deg"],
                 vis=visible_share(res, layer), alt=alt, altR=alt_deg)
@@ -222,8 +223,8 @@ def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool) -> li
         build_map(ds.images, map_dir, preset, reference=ds.ref_model)
     localizer = Localizer.load(map_dir, preset)
     for layer in localizer.layers if not verify and hasattr(preset.pose, "max_median_residual") else []:
-        layer.preset = dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose,
-                                                                                  max_median_residual=0.0))
+        layer.preset = dataclasses.replace(layer.preset, pose=dataclasses.replace(
+            layer.preset.pose, max_median_residual=0.0, max_rival_ratio=0.0))
     thresholds, unit, unit_length = thresholds_for(ds.meta, THRESHOLDS if in_percent(ds.meta) else THRESHOLDS_METRIC)
     gt = read_poses(ds.gt)
     rows = []
@@ -232,10 +233,10 @@ def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool) -> li
         res = reported(localizer, layers)
         pose = res.cam_from_world or next((r.cam_from_world for r in layers if r.cam_from_world is not None), None)
         dt, dr = pose_error(pose, gt[q.name]) if pose is not None else (float("inf"), float("inf"))
-        verdict = ("right" if dt <= thresholds[0][0] and dr <= thresholds[0][1] else
-                   "WRONG" if dt > thresholds[-1][0] or dr > thresholds[-1][1] else "loose") if pose is not None else "-"
+        verdict = _verdict(dt, dr, thresholds) if pose is not None else "-"
         dt /= unit_length
-        shown = res if res.cam_from_world is not None else next((r for r in layers if r.cam_from_world is not None), res)
+        shown = res if res.cam_from_world is not None else next(
+            (r for r in layers if r.cam_from_world is not None), res)
         shown_layer = localizer.fallback if localizer.fallback and shown.layer == localizer.fallback.preset.name \
             else localizer.layer
         both = [r for r in layers if r.success]
@@ -246,9 +247,16 @@ def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool) -> li
     return rows
 
 
+def _verdict(dt: float, dr: float, thresholds: tuple[tuple[float, float], ...]) -> str:
+    if dt <= thresholds[0][0] and dr <= thresholds[0][1]:
+        return "right"
+    return "WRONG" if dt > thresholds[-1][0] or dr > thresholds[-1][1] else "loose"
+
+
 def print_rows(rows: list[dict]) -> None:
     head = (f"{'set':<16}{'preset':<10}{'query':<26}{'status':<6}{'layer':<9}{'error':>17} {'verdict':<6}"
-            f"{'inl':>5}{'ratio':>6}{'hull':>6}{'res':>6}{'sig':>7}{'sigR':>6}{'vis':>6}{'alt':>5}{'altR':>6}{'lay':>6}")
+            f"{'inl':>5}{'ratio':>6}{'hull':>6}{'res':>6}{'sig':>7}{'sigR':>6}{'vis':>6}{'alt':>5}{'altR':>6}"
+            f"{'lay':>6}")
     print(head)
     for r in rows:
         err = f"{r['dt']:.2f}{r['unit']}/{r['dr']:.1f}°" if np.isfinite(r["dt"]) else "-"
@@ -278,7 +286,8 @@ def main() -> None:
     parser.add_argument("--splits", nargs="*", default=[], choices=sorted(SPLITS))
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     parser.add_argument("--work", type=Path, required=True, help="maps are kept here and reused")
-    parser.add_argument("--no-verify", action="store_true", help="turn the pose check off (PoseConf.max_median_residual = 0)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="turn the pose check off (PoseConf.max_median_residual = max_rival_ratio = 0)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -19,11 +19,12 @@ A wrong pose whose inliers fit it tightly needs the second test. ALIKED alone on
 (45 % / 26 deg, 118 inliers at a median 1.5 px = 0.19) is one: the object is small, far and nearly
 flat in a narrow view, where a plane seen at a tilt and at the mirrored tilt project alike (the
 two-fold ambiguity of a plane under weak perspective). :func:`mirrored_pose` starts the refinement
-from the pose mirrored about the inliers' plane: for that wrong pose it converged 17.5 deg away with a
-median error 1.03x the pose's; for the right ALIKED poses on temple it ended 2.8x and 3.3x worse, for
-the right SIFT and XFeat poses on temple and lund 6x-320x worse or back at the pose itself. A rival within ``PoseConf.max_rival_ratio``
-(1.5) of the pose's error and more than ``PoseConf.max_rival_deg`` (5 deg) away fails the query as
-"ambiguous pose": nothing in the correspondences prefers one of the two.
+from the pose mirrored about the inliers' plane: for that wrong pose it converged 17.5 deg away with
+a median error 1.03x the pose's; for the right ALIKED poses on temple it ended 2.8x and 3.3x worse,
+for the right SIFT and XFeat poses on temple and lund 6x-320x worse or back at the pose itself. A
+rival within ``PoseConf.max_rival_ratio`` (1.5) of the pose's error and more than
+``PoseConf.max_rival_deg`` (5 deg) away fails the query as "ambiguous pose": nothing in the
+correspondences prefers one of the two.
 """
 from __future__ import annotations
 
