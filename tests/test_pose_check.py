@@ -122,7 +122,7 @@ def test_temple_reports_no_wrong_pose_and_keeps_the_right_ones(temple, tmp_path,
         assert good == {"templeSR0002.png", "templeSR0010.png"}, results
         return
     assert any(r[3].startswith("weak support: ") for r in results.values()), results
-    off = dataclasses.replace(get_preset(preset), pose=dataclasses.replace(get_preset(preset).pose,
-                                                                          max_median_residual=0.0))
+    off = dataclasses.replace(get_preset(preset), pose=dataclasses.replace(
+        get_preset(preset).pose, max_median_residual=0.0, max_rival_ratio=0.0))  # the code before the check
     before = _run(temple, Localizer.load(tmp_path / "map", off, models))
-    assert any(r[0] and (r[1] > t_max or r[2] > r_max) for r in before.values()), before  # the check removed them
+    assert any(r[0] and (r[1] > t_max or r[2] > r_max) for r in before.values()), before  # it removed them
