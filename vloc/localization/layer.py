@@ -92,21 +92,20 @@ class Layer:
             res.reason = f"too few 2D-3D matches ({len(pairs)} < {conf.min_inliers})"
             return
         t = time.perf_counter()
-        estimate = estimate_absolute_pose(feats.keypoints[pairs[:, 0]], self.store.points_xyz(pairs[:, 1]), camera,
-                                          conf, focal_known=res.intrinsics_source != "estimated")
+        points2D, xyz = feats.keypoints[pairs[:, 0]], self.store.points_xyz(pairs[:, 1])
+        estimate = estimate_absolute_pose(points2D, xyz, camera, conf, focal_known=res.intrinsics_source != "estimated")
         res.timings["pose"] = res.timings.get("pose", 0.0) + time.perf_counter() - t
         if estimate is None:
             res.reason = "pose estimation failed (RANSAC found no model)"
             return
         res.num_inliers = estimate.num_inliers
-        res.points2D, res.point3D_ids = feats.keypoints[pairs[:, 0]], pairs[:, 1]
+        res.points2D, res.point3D_ids = points2D, pairs[:, 1]
         res.inlier_mask = estimate.inlier_mask
         if res.num_inliers < conf.min_inliers or res.inlier_ratio < conf.min_inlier_ratio:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")
             return
-        res.reason = check_pose(res.points2D, self.store.points_xyz(res.point3D_ids), res.inlier_mask,
-                                estimate.cam_from_world, estimate.camera, conf)
+        res.reason = check_pose(points2D, xyz, res.inlier_mask, estimate.cam_from_world, estimate.camera, conf)
         if res.reason:
             return
         res.success, res.cam_from_world = True, estimate.cam_from_world
