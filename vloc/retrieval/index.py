@@ -149,22 +149,26 @@ def build_index(descriptors: np.ndarray, kind: IndexKind | str | None = None, *,
         if kind is not IndexKind.HNSW_SQ8:
             ivf = faiss.extract_index_ivf(index)
             ivf.cp.seed, ivf.verbose = TRAIN_SEED, progress
-            cap = TRAIN_PER_LIST * ivf.nlist
-            if n > cap:  # a reproducible sample keeps k-means' cost bounded (1M vectors: 65k samples)
-                sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(n, cap, replace=False))]
+            sample = _training_sample(x, TRAIN_PER_LIST * ivf.nlist)
             ivf.nprobe = nprobe or default_nprobe(ivf.nlist)
         index.train(sample)
     index.add(x)
     return index
 
 
+def _training_sample(x: np.ndarray, cap: int) -> np.ndarray:
+    """``x``, or a reproducible sample of ``cap`` of its rows (in order) when it has more: it keeps
+    the quantisers' k-means cost bounded (1M vectors: 65k samples)."""
+    if len(x) <= cap:
+        return x
+    return x[np.sort(np.random.default_rng(TRAIN_SEED).choice(len(x), cap, replace=False))]
+
+
 def _build_pqfs_fp16(x: np.ndarray, factory: str, k_factor: float) -> faiss.IndexRefine:
     """``pqfs-fp16`` over ``(N, d)`` float32 ``x``: PQ trained on a reproducible sample of at most
     :data:`PQ_TRAIN_MAX` rows, float16 re-ranking vectors (need no training)."""
     index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    sample = x
-    if len(x) > PQ_TRAIN_MAX:
-        sample = x[np.sort(np.random.default_rng(TRAIN_SEED).choice(len(x), PQ_TRAIN_MAX, replace=False))]
+    sample = _training_sample(x, PQ_TRAIN_MAX)
     # One k-means per sub-quantiser (16 centroids, 2-D): too small to share between threads. With
     # FAISS's OpenMP threads on a busy 2-core machine, training 65k x 256-D took 50 s, on one 1.8 s.
     threads = faiss.omp_get_max_threads()
