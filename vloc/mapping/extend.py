@@ -44,7 +44,7 @@ from vloc.mapping import match as matching
 from vloc.mapping.build import read_image_list
 from vloc.mapping.executor import make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, feature_path, read_global, read_image_size
-from vloc.mapping.faults import guarded, map_lock, naming, native_write, work_lock
+from vloc.mapping.faults import guarded, map_lock, native_write, work_lock
 from vloc.mapping.manifest import Manifest, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import match_stage, write_pairs
@@ -202,7 +202,7 @@ def _import_map_features(extract_dir: Path, store: MapStore) -> None:
         if path.is_file():
             continue
         feats = store.features(row)
-        with naming(path), atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, keypoints=feats.keypoints, descriptors=feats.descriptors.astype(np.float16),
                          scores=feats.scores, image_size=np.asarray(feats.image_size, np.int64),

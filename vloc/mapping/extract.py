@@ -29,7 +29,6 @@ from vloc.features.base import Features
 from vloc.io.files import atomic_path, write_text_atomic
 from vloc.io.images import ImageReadError, read_image
 from vloc.mapping.executor import Executor
-from vloc.mapping.faults import naming
 from vloc.mapping.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -78,12 +77,11 @@ def extract_chunk(task: ExtractChunk) -> list[tuple[str, str | None]]:
         except ImageReadError as exc:
             if not task.skip_bad_images:
                 raise
-            with naming(skipped_path(task.out, name)):
-                write_text_atomic(skipped_path(task.out, name), str(exc))
+            write_text_atomic(skipped_path(task.out, name), str(exc))
             done.append((name, str(exc)))
             continue
         feats = extractor(image)
-        with naming(feature_path(task.out, name)), atomic_path(feature_path(task.out, name)) as tmp:
+        with atomic_path(feature_path(task.out, name)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, keypoints=feats.keypoints.astype(np.float32),
                          descriptors=feats.descriptors.astype(np.float16), scores=feats.scores.astype(np.float32),

@@ -32,13 +32,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from vloc.io.files import naming
+
 if TYPE_CHECKING:
     import pycolmap
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FS_ERRNOS", "MapBusyError", "MapWriteError", "exclusive", "fault_errno", "guarded", "lock_file",
-           "map_lock", "naming", "native_write", "probe", "work_lock", "write_model"]
+           "map_lock", "native_write", "probe", "work_lock", "write_model"]
 
 # What a filesystem answers when it will not take a write (and EIO: a disk that failed one).
 FS_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
@@ -156,18 +158,6 @@ def work_lock(work: Path) -> Iterator[None]:
     work.mkdir(parents=True, exist_ok=True)
     with exclusive(work / WORK_LOCK, f"{work} (work directory)"):
         yield
-
-
-@contextmanager
-def naming(path: Path) -> Iterator[None]:
-    """Give an ``OSError`` raised inside without a file name (a failed ``write()`` on an open
-    file has none) the name ``path``."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None:
-            exc.filename = str(path)
-        raise
 
 
 def probe(directory: Path) -> OSError | None:

@@ -18,7 +18,6 @@ from typing import Any
 
 from vloc import __version__
 from vloc.io.files import write_text_atomic
-from vloc.mapping.faults import naming
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -135,5 +134,4 @@ def read_manifest(directory: Path | str) -> Manifest:
 
 
 def write_manifest(directory: Path | str, manifest: Manifest) -> None:
-    with naming(Path(directory) / MANIFEST):
-        write_text_atomic(Path(directory) / MANIFEST, json.dumps(manifest.to_dict(), indent=1))
+    write_text_atomic(Path(directory) / MANIFEST, json.dumps(manifest.to_dict(), indent=1))

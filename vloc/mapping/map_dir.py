@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from vloc.config import GlobalConf, Preset, check_compatible, get_preset
 from vloc.features.base import Features
-from vloc.mapping.faults import naming, write_model
+from vloc.io.files import naming
+from vloc.mapping.faults import write_model
 from vloc.mapping.manifest import (
     MANIFEST,
     Counts,

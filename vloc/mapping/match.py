@@ -27,7 +27,6 @@ from tqdm import tqdm
 from vloc.config import MatcherConf, PairsConf
 from vloc.io.files import atomic_path, write_text_atomic
 from vloc.mapping.executor import Executor
-from vloc.mapping.faults import naming
 from vloc.mapping.extract import LruFeatures, read_features, read_global
 from vloc.mapping.stages import Stage
 from vloc.matching.verify import epipolar_mask
@@ -51,13 +50,11 @@ def pairs_stage(stage: Stage, extract_dir: Path, names: list[str], conf: PairsCo
 
 def write_pairs(stage: Stage, names: list[str], pairs: list[tuple[int, int]], whitening: Whitening) -> None:
     """The pairs stage's files: ``pairs`` ``(i, j)``, ``i < j``, index ``names``."""
-    with naming(stage.directory / "whitening.npz"), atomic_path(stage.directory / "whitening.npz") as tmp:
+    with atomic_path(stage.directory / "whitening.npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, mean=whitening.mean, projection=whitening.projection)
-    with naming(stage.directory / "pairs.txt"):
-        write_text_atomic(stage.directory / "pairs.txt", "".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
-    with naming(stage.directory / "images.txt"):
-        write_text_atomic(stage.directory / "images.txt", "".join(f"{n}\n" for n in names))
+    write_text_atomic(stage.directory / "pairs.txt", "".join(f"{names[i]} {names[j]}\n" for i, j in pairs))
+    write_text_atomic(stage.directory / "images.txt", "".join(f"{n}\n" for n in names))
 
 
 def read_pairs(stage_dir: Path) -> tuple[list[str], list[tuple[int, int]]]:
@@ -130,7 +127,7 @@ def match_chunk(task: MatchChunk) -> tuple[int, int]:
     """Match and write one chunk; returns (pairs, matches)."""
     matcher, features = _matcher(task.matcher), _feature_cache(task.extract_dir)
     found = [np.asarray(_match_pair(task, matcher, features, i, j), np.uint32).reshape(-1, 2) for i, j in task.pairs]
-    with naming(chunk_path(task.out, task.index)), atomic_path(chunk_path(task.out, task.index)) as tmp:
+    with atomic_path(chunk_path(task.out, task.index)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, counts=np.array([len(m) for m in found], np.int64),
                      matches=np.concatenate(found) if found else np.zeros((0, 2), np.uint32))

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from vloc.io.files import write_text_atomic
-from vloc.mapping.faults import naming
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +91,8 @@ class Stage:
         self.done = True
 
     def _write(self, complete: bool) -> None:
-        with naming(self.directory / STAGE_FILE):
-            write_text_atomic(self.directory / STAGE_FILE,
-                              json.dumps({"stage": self.name, "config": self.config, "complete": complete}, indent=1))
+        write_text_atomic(self.directory / STAGE_FILE,
+                          json.dumps({"stage": self.name, "config": self.config, "complete": complete}, indent=1))
 
 
 def lap(seconds: dict[str, float], stage: str, since: float) -> float:
