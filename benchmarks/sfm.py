@@ -1,33 +1,49 @@
-"""SfM from scratch against ground truth: a prepared set with pseudo ground truth (default: lund)
-or ``--frames N`` frames of ``7scenes_seq1000`` (true ground truth, metres), with the intrinsics
-estimated or given (``--camera``, e.g. the 7-Scenes RGB camera ``PINHOLE 640 480 525 525 320 240``).
+"""SfM from scratch against ground truth, vloc beside COLMAP's own pipeline (issue 25).
 
-    python benchmarks/sfm.py [--set lund | --frames 250] [--camera "MODEL W H PARAMS..." --camera ""]
-                             [--mappers incremental global] [--data ../shared/data]
+    python benchmarks/sfm.py --frames 250 [--pipelines vloc colmap-incremental colmap-global]
+                             [--camera "PINHOLE 640 480 525 525 320 240" ""] [--colmap-timeout 3600]
+    python benchmarks/sfm.py --set lund --pipelines vloc vloc-global
 
-For each mapper: registered images, 3D points, mean reprojection error, build time, and two
-gauge-free comparisons with the pseudo ground truth: the median error of the relative rotation
-over all image pairs, and the camera-centre error after a similarity alignment (Umeyama) as a
-fraction of the median distance between consecutive pseudo-GT centres ("/ step"), and in the
-ground truth's units (median and 90th percentile). Each ``--camera`` value is one run per mapper;
-an empty value means "not given".
+Images: ``--frames N`` frames of ``7scenes_seq1000`` (true ground truth, metres; N <= 950 takes
+the map frames spread over the sequence as the other benchmarks do, 1000 takes every frame) or
+a prepared set with a pseudo ground truth (``--set``, default lund).
+
+Pipelines, each in its own process (so each has its own peak RSS, and a pipeline past
+``--colmap-timeout`` seconds is stopped and reported as such):
+- ``vloc``: ``vloc map build`` with default options (``--mapper auto``); ``vloc-incremental`` and
+  ``vloc-global`` name the mapper.
+- ``colmap-incremental`` / ``colmap-global``: what a COLMAP user runs, through pycolmap with its
+  defaults: SIFT extraction (one shared camera, SIMPLE_RADIAL, as for a video), sequential
+  matching (10 neighbours, quadratic overlap; loop detection needs a vocabulary tree, a download,
+  so it is off) with its geometric verification, then ``incremental_mapping`` or
+  ``global_mapping``. With ``--camera``, its model and parameters are given and not refined.
+
+Columns: seconds by stage (vloc: extract+pairs / match / verify / sfm / write; COLMAP: extract /
+match+verify / map), registered images, 3D points, mean reprojection error, camera-centre
+error after a similarity alignment (Umeyama; median and p90, in the ground truth's units), the
+rotation error after that alignment (median degrees), focal length, peak RSS. ``--mapper-log``
+also turns on pycolmap's log in the vloc processes and reads the mapper's time out of it
+(global BAs: count and seconds; local BAs; pose refinement; the rest: registration,
+triangulation, filtering).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
-import logging
+import json
 import os
+import re
+import resource
+import subprocess
+import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
-from vloc.config import DEFAULT_PRESET, get_preset
-from vloc.mapping.build import build_map
-from vloc.mapping.map_dir import load_map
+PIPELINES = ("vloc", "vloc-incremental", "vloc-global", "colmap-incremental", "colmap-global")
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -41,68 +57,201 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
     return s, r, mu_d - s * r @ mu_s
 
 
+def compare(rec: pycolmap.Reconstruction, gt: pycolmap.Reconstruction) -> dict:
+    """Accuracy of ``rec``'s registered images against ``gt`` (same names) after a similarity."""
+    gt_images = {im.name: im for im in gt.images.values() if im.has_pose}
+    names = [im.name for im in rec.images.values() if im.has_pose and im.name in gt_images]
+    ours = np.array([rec.find_image_with_name(n).projection_center() for n in names])
+    theirs = np.array([gt_images[n].projection_center() for n in names])
+    s, r, t = umeyama(ours, theirs)
+    err = np.linalg.norm((s * (r @ ours.T)).T + t - theirs, axis=1)
+    # world rotation of ours mapped into the ground truth's frame: R_cam_from_gt = R_cam_from_ours R^T
+    rot = []
+    for n in names:
+        est = rec.find_image_with_name(n).cam_from_world().rotation.matrix() @ r.T
+        true = gt_images[n].cam_from_world().rotation.matrix()
+        cos = (np.trace(est @ true.T) - 1) / 2
+        rot.append(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+    return dict(registered=len(names), points=rec.num_points3D(), reproj=rec.compute_mean_reprojection_error(),
+                centre_median=float(np.median(err)), centre_p90=float(np.percentile(err, 90)),
+                rot_median=float(np.median(rot)),
+                focal=float(np.median([c.mean_focal_length() for c in rec.cameras.values()])))
+
+
+def run_vloc(pipeline: str, images: Path, image_list: Path | None, camera: str, out: Path) -> tuple[dict, Path]:
+    from vloc.config import DEFAULT_PRESET, get_preset
+    from vloc.io.cameras import camera_from_text
+    from vloc.mapping.build import build_map
+
+    mapper = {"vloc": "auto", "vloc-incremental": "incremental", "vloc-global": "global"}[pipeline]
+    manifest = build_map(images, out / "map", get_preset(DEFAULT_PRESET), image_list=image_list, mapper=mapper,
+                         cameras=camera_from_text(camera, "--camera") if camera else None)
+    s = manifest.build_seconds
+    stages = {"extract": s["extract"] + s["pairs"], "match": s["match"], "verify": s["verify"], "map": s["sfm"],
+              "write": s["write"]}
+    return stages, out / "map" / "model"
+
+
+def run_colmap(pipeline: str, images: Path, names: list[str], camera: str, out: Path) -> tuple[dict, Path]:
+    database, stages = out / "database.db", {}
+    reader = pycolmap.ImageReaderOptions()
+    if camera:
+        model, _, _, *params = camera.split()
+        reader.camera_model, reader.camera_params = model, ",".join(params)
+    t = time.perf_counter()
+    pycolmap.extract_features(database, images, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                              reader_options=reader, device=pycolmap.Device.cpu)
+    stages["extract"], t = time.perf_counter() - t, time.perf_counter()
+    pycolmap.match_sequential(database, device=pycolmap.Device.cpu)
+    stages["match"], t = time.perf_counter() - t, time.perf_counter()
+    (out / "sparse").mkdir()
+    if pipeline == "colmap-incremental":
+        options = pycolmap.IncrementalPipelineOptions()
+        if camera:
+            options.ba_refine_focal_length = options.ba_refine_extra_params = False
+        models = pycolmap.incremental_mapping(database, images, out / "sparse", options)
+    else:
+        options = pycolmap.GlobalPipelineOptions()
+        if camera:
+            ba = options.mapper.bundle_adjustment
+            ba.refine_focal_length = ba.refine_extra_params = False
+        models = pycolmap.global_mapping(database, images, out / "sparse", options)
+    stages["map"] = time.perf_counter() - t
+    if not models:
+        raise RuntimeError("no model")
+    best = max(models.values(), key=lambda m: m.num_reg_images())
+    best.write(out / "best")
+    return stages, out / "best"
+
+
+def mapper_breakdown(log: str) -> dict:
+    """Seconds of the incremental mapper's parts, from pycolmap's log (INFO, verbose 1)."""
+    stamp = re.compile(r"^I(\d{8} \d\d:\d\d:\d\d\.\d+)")
+    lines = log.splitlines()
+    ts = lambda line: datetime.strptime(stamp.match(line).group(1), "%Y%m%d %H:%M:%S.%f")  # noqa: E731
+    out = {"global_ba_runs": 0, "global_ba_s": 0.0, "local_ba_s": 0.0, "pose_s": 0.0}
+    kind, start, end = "local", None, None
+    for i, line in enumerate(lines):
+        if not stamp.match(line):
+            continue
+        if "Loading database" in line and start is None:
+            start = ts(line)
+        end = ts(line)
+        if "Global bundle adjustment" in line:
+            kind = "global"
+            out["global_ba_runs"] += 1
+        elif "Registering image" in line:
+            kind = "local"
+        if line.endswith(("Bundle adjustment report", "Pose refinement report")):
+            seconds = float(lines[i + 4].split(":")[1].split("[")[0])
+            key = "pose_s" if line.endswith("Pose refinement report") else f"{kind}_ba_s"
+            out[key] += seconds
+    if start is not None:
+        out["mapper_s"] = (end - start).total_seconds()
+    return out
+
+
+def one(args: argparse.Namespace) -> None:
+    """Child process: one pipeline; prints one JSON line."""
+    if args.mapper_log:
+        pycolmap.logging.logtostderr, pycolmap.logging.verbose_level = True, 1
+        pycolmap.logging.minloglevel = 0
+    else:
+        pycolmap.logging.minloglevel = 2
+    names = args.names.read_text().split()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        out = Path(tmp)
+        t = time.perf_counter()
+        if args.one.startswith("vloc"):
+            stages, model = run_vloc(args.one, args.images, args.names, args.camera, out)
+        else:
+            stages, model = run_colmap(args.one, args.images, names, args.camera, out)
+        total = time.perf_counter() - t
+        result = compare(pycolmap.Reconstruction(str(model)), pycolmap.Reconstruction(str(args.gt)))
+    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print("RESULT " + json.dumps({"stages": stages, "total": total, "rss_mb": rss / 1024, **result}), flush=True)
+
+
+def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, Path, str]:
+    """(images, ground-truth model, image list, label)."""
+    names = tmp / "images.txt"
+    if args.frames:
+        from vloc.evaluation.sevenscenes import frame_name, map_frames, write_reference
+
+        frames = list(range(1000)) if args.frames == 1000 else map_frames(args.frames)
+        write_reference(args.data / "7scenes_seq1000", frames, tmp / "gt")
+        names.write_text("".join(f"{frame_name(i)}\n" for i in frames))
+        return args.data / "7scenes_seq1000", tmp / "gt", names, f"7scenes_seq1000, {len(frames)} frames"
+    root = args.data / "prepared" / args.set
+    gt = pycolmap.Reconstruction(str(root / "pseudo_gt"))
+    names.write_text("".join(f"{im.name}\n" for im in sorted(gt.images.values(), key=lambda im: im.name)))
+    return root / "images", root / "pseudo_gt", names, args.set
+
+
+def row(pipeline: str, camera: str, r: dict | None, note: str = "") -> str:
+    label = f"{pipeline}, {'given' if camera else 'not given'}"
+    if r is None:
+        return f"{label:<30} {note}"
+    st = r["stages"]
+    stages = "/".join(f"{v:.0f}" for v in st.values())
+    extra = ""
+    if "mapper" in r:
+        m = r["mapper"]
+        extra = (f"  mapper {m.get('mapper_s', 0):.0f} s: {m['global_ba_runs']} global BAs {m['global_ba_s']:.0f} s, "
+                 f"local BA {m['local_ba_s']:.0f} s, pose {m['pose_s']:.0f} s")
+    return (f"{label:<30}{r['total']:>8.1f}  {stages:<22}{r['registered']:>6}{r['points']:>9}{r['reproj']:>7.2f}"
+            f"{r['centre_median']:>9.4f}{r['centre_p90']:>9.4f}{r['rot_median']:>7.2f}{r['focal']:>8.1f}"
+            f"{r['rss_mb']:>8.0f}{extra}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="lund")
-    parser.add_argument("--mappers", nargs="+", default=["incremental", "global"])
     parser.add_argument("--frames", type=int, help="SfM on this many frames of 7scenes_seq1000 instead of --set")
+    parser.add_argument("--pipelines", nargs="+", default=["vloc", "colmap-incremental", "colmap-global"],
+                        choices=PIPELINES)
     parser.add_argument("--camera", nargs="+", default=[""], help="intrinsics given to SfM ('' = not given)")
+    parser.add_argument("--colmap-timeout", type=float, default=3600.0, help="seconds before a pipeline is stopped")
+    parser.add_argument("--mapper-log", action="store_true", help="time the incremental mapper's parts (vloc rows)")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
+    parser.add_argument("--tmp", type=Path, default=None, help="where the pipelines work (default: the system's)")
+    parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--images", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--names", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--gt", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    pycolmap.logging.minloglevel = 2
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.frames:
-            from vloc.evaluation.sevenscenes import frame_name, map_frames, write_reference
-
-            frames = map_frames(args.frames)
-            write_reference(args.data / "7scenes_seq1000", frames, Path(tmp) / "gt")
-            gt = pycolmap.Reconstruction(str(Path(tmp) / "gt"))
-            images, label = args.data / "7scenes_seq1000", f"7scenes_seq1000, {len(frames)} frames"
-            image_list = Path(tmp) / "images.txt"
-            image_list.write_text("".join(f"{frame_name(i)}\n" for i in frames))
-        else:
-            root = args.data / "prepared" / args.set
-            gt = pycolmap.Reconstruction(str(root / "pseudo_gt"))
-            images, label, image_list = root / "images", args.set, None
+    if args.one:
+        args.camera = args.camera[0]
+        return one(args)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        images, gt, names, label = prepare(args, Path(tmp))
+        print(f"\n{label}: {len(names.read_text().split())} images; {os.cpu_count()} CPUs; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        print(f"{'pipeline, intrinsics':<30}{'total s':>8}  {'stages s':<22}{'reg':>6}{'points':>9}{'reproj':>7}"
+              f"{'c. med':>9}{'c. p90':>9}{'rot °':>7}{'focal':>8}{'RSS MB':>8}")
         for camera in args.camera:
-            run(gt, images, image_list, label, camera, args.mappers)
-
-
-def run(gt: pycolmap.Reconstruction, images: Path, image_list: Path | None, label: str, camera: str,
-        mappers: list[str]) -> None:
-    from vloc.io.cameras import camera_from_text
-
-    gt_centres = {im.name: im.projection_center() for im in gt.images.values()}
-    ordered = np.array([gt_centres[n] for n in sorted(gt_centres)])
-    unit = float(np.median(np.linalg.norm(np.diff(ordered, axis=0), axis=1)))
-    print(f"\n{label}: {len(gt_centres)} images; preset {DEFAULT_PRESET}; intrinsics "
-          f"{camera or 'not given'}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'mapper':<12}{'registered':>11}{'points3D':>10}{'reproj px':>10}{'time s':>8}"
-          f"{'rel. rot. err deg':>19}{'centre err / step':>19}{'median / p90':>18}{'focal px':>10}")
-    cameras = camera_from_text(camera, "--camera") if camera else None
-    for mapper in mappers:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            build_map(images, Path(tmp) / "map", get_preset(DEFAULT_PRESET), mapper=mapper, image_list=image_list,
-                      cameras=cameras)
-            seconds = time.perf_counter() - t
-            rec = load_map(Path(tmp) / "map").reconstruction
-        names = [im.name for im in rec.images.values() if im.has_pose and im.name in gt_centres]
-        ours = np.array([rec.find_image_with_name(n).projection_center() for n in names])
-        theirs = np.array([gt_centres[n] for n in names])
-        s, r, tr = umeyama(ours, theirs)
-        err = np.linalg.norm((s * (r @ ours.T)).T + tr - theirs, axis=1)
-        pose = {n: rec.find_image_with_name(n).cam_from_world() for n in names}
-        gt_pose = {n: gt.find_image_with_name(n).cam_from_world() for n in names}
-        rel = [np.rad2deg(((pose[b] * pose[a].inverse()).rotation
-                           * (gt_pose[b] * gt_pose[a].inverse()).rotation.inverse()).angle())
-               for a, b in itertools.combinations(names, 2)]
-        focal = np.median([c.mean_focal_length() for c in rec.cameras.values()])
-        print(f"{mapper:<12}{rec.num_reg_images():>8}/{len(gt_centres):<2}{rec.num_points3D():>10}"
-              f"{rec.compute_mean_reprojection_error():>10.2f}{seconds:>8.1f}{np.median(rel):>19.2f}"
-              f"{np.median(err) / unit:>19.3f}{f'{np.median(err):.4f} / {np.percentile(err, 90):.4f}':>18}"
-              f"{focal:>10.1f}")
+            for pipeline in args.pipelines:
+                load = os.getloadavg()[0]
+                cmd = [sys.executable, __file__, "--one", pipeline, "--images", str(images), "--names", str(names),
+                       "--gt", str(gt), "--camera", camera, "--data", str(args.data)]
+                cmd += ["--mapper-log"] if args.mapper_log and pipeline.startswith("vloc") else []
+                cmd += ["--tmp", str(args.tmp)] if args.tmp else []
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.colmap_timeout)
+                except subprocess.TimeoutExpired:
+                    print(row(pipeline, camera, None, f"stopped after {args.colmap_timeout:.0f} s (load {load:.1f})"),
+                          flush=True)
+                    continue
+                found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode or not found:
+                    print(row(pipeline, camera, None, f"failed ({proc.returncode}): {proc.stderr[-500:]}"), flush=True)
+                    continue
+                result = json.loads(found[-1][len("RESULT "):])
+                if "--mapper-log" in cmd:
+                    result["mapper"] = mapper_breakdown(proc.stderr)
+                print(row(pipeline, camera, result) + f"  load {load:.1f}", flush=True)
+        print("stages: vloc extract+pairs/match/verify/map/write, COLMAP extract/match+verify/map; centre errors in "
+              "the ground truth's units after a similarity; rot: rotation error after it")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def cmd_map_build(args: argparse.Namespace) -> int:
     manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
                          cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
-                         work=args.work, workers=args.workers, ray=args.ray)
+                         work=args.work, workers=args.workers, ray=args.ray,
+                         checkpoint_seconds=args.checkpoint_every)
     print(f"{args.out}: {manifest.summary}")
     return 0
 
@@ -309,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reference", type=Path, help="COLMAP model with known poses and cameras")
     b.add_argument("--image-list", type=Path, help="file with one image name per line")
     b.add_argument("--preset", default=DEFAULT_PRESET, **presets)
-    b.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
+    b.add_argument("--mapper", choices=["auto", "incremental", "global"], default="auto",
+                   help="SfM mapper (default: auto, the incremental mapper; see the README's 'Maps from image sets')")
+    b.add_argument("--checkpoint-every", type=float, default=120.0, metavar="SECONDS",
+                   help="incremental SfM writes its model into the work directory this often; rerunning the "
+                   "command after a kill goes on from it (default: %(default)s)")
     b.add_argument("--global-delg", type=Path, metavar="FILE", help="global descriptor: DELG with these weights "
                    "(a file from `vloc weights convert-delg` or `vloc train delg`; images at most 1024 px) instead "
                    "of the preset's; recorded in the map, so localize and retrieve use it")

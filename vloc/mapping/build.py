@@ -43,8 +43,8 @@ from vloc.mapping.faults import guarded, map_lock, work_lock
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import guided_views, match_stage, pairs_stage, read_whitening
+from vloc.mapping.mapper import CHECKPOINT_SECONDS, Mapper, choose_mapper, parse_mapper
 from vloc.mapping.reconstruct import (
-    MAPPERS,
     RECONSTRUCTION,
     reference_key,
     sfm,
@@ -56,7 +56,7 @@ from vloc.mapping.stages import Stage, digest, lap
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAPPERS", "RefineIntrinsics", "build_map", "default_work_dir", "read_image_list"]
+__all__ = ["Mapper", "RefineIntrinsics", "build_map", "default_work_dir", "read_image_list"]
 
 
 def read_image_list(path: Path) -> list[str]:
@@ -78,7 +78,7 @@ class _Plan:
     preset: Preset
     names: list[str]
     reference: Path | None
-    mapper: str
+    mapper: Mapper
     skip_bad_images: bool
     overwrite: bool
     given: dict[str, pycolmap.Camera] | None
@@ -87,9 +87,10 @@ class _Plan:
 
 def build_map(
     images: Path, out: Path, preset: Preset, reference: Path | None = None, image_list: Path | None = None,
-    mapper: str = "incremental", skip_bad_images: bool = False, overwrite: bool = False,
+    mapper: Mapper | str = Mapper.AUTO, skip_bad_images: bool = False, overwrite: bool = False,
     cameras: Cameras | None = None, refine_intrinsics: RefineIntrinsics | str | None = None, *,
     work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
@@ -106,6 +107,9 @@ def build_map(
     ``overwrite``: replace ``out``, and recompute stages written under another configuration
     (without it they are refused). ``workers``: local processes for extraction and matching;
     ``ray``: run them as Ray tasks (True: a local instance; a string: a cluster address).
+    ``mapper``: ``auto`` (:func:`~vloc.mapping.mapper.choose_mapper`), ``incremental`` or ``global``;
+    the incremental mapper writes its model every ``checkpoint_seconds`` into the work directory,
+    and a rerun after a kill goes on from there (:mod:`vloc.mapping.mapper`).
     """
     plan = _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, overwrite, cameras,
                  refine_intrinsics, work)
@@ -115,7 +119,7 @@ def build_map(
         with work_lock(plan.work):
             executor = make_executor(workers, ray)
             try:
-                manifest = _run(plan, executor)
+                manifest = _run(plan, executor, checkpoint_seconds)
             finally:
                 executor.close()
             if work is None:
@@ -127,8 +131,7 @@ def _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, o
           refine_intrinsics, work) -> _Plan:
     """Check everything that can be checked before any work; raises with the file and the problem."""
     images, out = Path(images), Path(out)
-    if mapper not in MAPPERS:
-        raise ValueError(f"Unknown mapper {mapper!r}; valid: {', '.join(MAPPERS)}")
+    mapper = parse_mapper(mapper)
     fallback_preset(preset)  # an unknown fallback name fails here, before any work
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists (pass --overwrite to replace it)")
@@ -154,7 +157,7 @@ def _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, o
                  Path(reference) if reference is not None else None, mapper, skip_bad_images, overwrite, given, refine)
 
 
-def _run(plan: _Plan, executor: Executor) -> Manifest:
+def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Manifest:
     preset, work, overwrite = plan.preset, plan.work, plan.overwrite
     work.mkdir(parents=True, exist_ok=True)
     logger.info("building %s in %s", plan.out, work)
@@ -208,7 +211,8 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
             database.complete()
     t = lap(seconds, "verify", t)
 
-    mode = "triangulation" if ref is not None else f"sfm-{plan.mapper}"
+    mapper = choose_mapper(plan.mapper, len(names))
+    mode = "triangulation" if ref is not None else f"sfm-{mapper}"
     model = Stage.open(work, "model", {"database": database.key, "mode": mode, "refine": list(plan.refine),
                                        "mapper": asdict(preset.mapper) if mode == "sfm-incremental" else None},
                        overwrite)
@@ -218,7 +222,8 @@ def _run(plan: _Plan, executor: Executor) -> Manifest:
         if ref is not None:
             rec = triangulate(model, ref, set(names), database.directory, plan.images)
         else:
-            rec = sfm(model, database.directory, plan.images, plan.mapper, preset.mapper, plan.refine, len(names))
+            rec = sfm(model, database.directory, plan.images, mapper, preset.mapper, plan.refine, len(names),
+                      checkpoint_seconds)
         model.complete()
     t = lap(seconds, "triangulate" if ref is not None else "sfm", t)
 
@@ -255,7 +260,7 @@ def _build_fallback_layer(plan: _Plan, layer: Preset, model: Path, map_dir: Path
     fallback directory; its stages live in the work directory's ``fallback/``."""
     logger.info("fallback layer %r: triangulating from the map's poses", layer.name)
     out = map_dir / FALLBACK_DIR
-    sub = _plan(plan.images, out, layer, model, None, "incremental", plan.skip_bad_images, plan.overwrite, None,
+    sub = _plan(plan.images, out, layer, model, None, Mapper.AUTO, plan.skip_bad_images, plan.overwrite, None,
                 None, plan.work / FALLBACK_DIR)
     _run(sub, executor)
     manifest = read_manifest(out)  # the enclosing map's model, wherever the map moves:

@@ -22,7 +22,6 @@ Not supported yet (refused by name): maps with a fallback layer and adapted maps
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -47,10 +46,10 @@ from vloc.mapping.extract import ExtractedFeatures, extract_stage, feature_path,
 from vloc.mapping.faults import guarded, map_lock, native_write, work_lock
 from vloc.mapping.manifest import Manifest, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
+from vloc.mapping.mapper import incremental_options
 from vloc.mapping.match import match_stage, write_pairs
 from vloc.mapping.reconstruct import (
     DATABASE,
-    RANDOM_SEED,
     RECONSTRUCTION,
     reference_key,
     save_reconstruction,
@@ -315,16 +314,14 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
                                        "mapper": asdict(preset.mapper)}, overwrite)
     if stage.done:
         return pycolmap.Reconstruction(str(stage.directory / RECONSTRUCTION))
-    options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = RANDOM_SEED
-    options.fix_existing_frames = True
     if len(cameras) == len(model.cameras):  # the new images use the map's cameras: keep them as they are
-        options.ba_refine_focal_length = options.ba_refine_principal_point = options.ba_refine_extra_params = False
+        refine = (False, False, False)
     else:
+        refine = (True, False, True)
         logger.warning("%d new camera(s) guessed for images of another size: bundle adjustment refines focal "
                        "lengths and distortion, the map's cameras too", len(cameras) - len(model.cameras))
-    for key, value in dataclasses.asdict(preset.mapper).items():
-        setattr(options.mapper, key, value)
+    options = incremental_options(preset.mapper, refine)
+    options.fix_existing_frames = True
     with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         models = pycolmap.incremental_mapping(str(database.directory / DATABASE), str(images), out, options,
                                               input_path=str(map_dir / MODEL_DIR))

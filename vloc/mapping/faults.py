@@ -225,13 +225,15 @@ def write_model(reconstruction: "pycolmap.Reconstruction", directory: Path) -> N
 
 
 def _model_difference(a: "pycolmap.Reconstruction", b: "pycolmap.Reconstruction") -> str | None:
-    for what in ("num_cameras", "num_rigs", "num_frames", "num_images", "num_reg_images", "num_points3D",
+    # (pycolmap writes the registered frames and images only: a mapper's model in the making holds
+    # unregistered ones too)
+    for what in ("num_cameras", "num_rigs", "num_reg_frames", "num_reg_images", "num_points3D",
                  "compute_num_observations"):
         x, y = getattr(a, what)(), getattr(b, what)()
         if x != y:
             return f"{what} {x} written, {y} read"
-    x = sum(im.num_points2D() for im in a.images.values())
-    y = sum(im.num_points2D() for im in b.images.values())
+    x = sum(im.num_points2D() for im in a.images.values() if im.has_pose)
+    y = sum(im.num_points2D() for im in b.images.values() if im.has_pose)
     return None if x == y else f"{x} points2D written, {y} read"
 
 

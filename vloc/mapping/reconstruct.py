@@ -15,7 +15,6 @@ would leave a truncated model a rerun took as complete).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
@@ -30,14 +29,22 @@ from vloc.config import MapperConf, VerifyConf
 from vloc.mapping.database import write_database
 from vloc.mapping.extract import LruFeatures, read_features
 from vloc.mapping.faults import native_write, write_model
+from vloc.mapping.mapper import (
+    CHECKPOINT,
+    CHECKPOINT_SECONDS,
+    Mapper,
+    global_options,
+    incremental_options,
+    run_global,
+    run_incremental,
+)
 from vloc.mapping.match import iter_matches, read_pairs
 from vloc.mapping.stages import Stage, digest
 from vloc.matching.verify import num_inliers, verify_known_poses
 
 logger = logging.getLogger(__name__)
 
-RANDOM_SEED = 0  # RANSAC and mapper seeds: the same inputs give the same map
-MAPPERS = ("incremental", "global")
+RANDOM_SEED = 0  # RANSAC seed of the verification: the same inputs give the same database
 DATABASE, RECONSTRUCTION = "database.db", "reconstruction"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -88,7 +95,7 @@ def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: l
             def raw():
                 yield from verified
                 for i, j, m in tqdm(iter_matches(matches_dir, pairs_dir), desc="database", unit="pair"):
-                    if len(m):
+                    if len(m) >= verify.min_inliers:  # fewer cannot pass, and RANSAC would try them longest
                         listed.write(f"{names[i]} {names[j]}\n")
                         yield ids[i], ids[j], m, None
 
@@ -99,6 +106,7 @@ def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: l
         options.min_num_inliers = verify.min_inliers
         options.compute_relative_pose = True
         options.ransac.random_seed = RANDOM_SEED
+        options.ransac.max_num_trials = verify.max_num_trials
         pycolmap.verify_matches(str(path), str(pairs_file), options)
 
     _write(stage, build)
@@ -130,32 +138,29 @@ def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str]
     return rec
 
 
-def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: str, mapper_conf: MapperConf,
-        refine: tuple[bool, bool, bool], num_images: int) -> pycolmap.Reconstruction:
-    """Incremental or global SfM on the verified database; keeps the largest model."""
-    focal, principal, extra = refine
-    with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
-        if mapper == "global":
-            options = pycolmap.GlobalPipelineOptions()
-            ba = options.mapper.bundle_adjustment
-            ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params = focal, principal, extra
-            models = pycolmap.global_mapping(str(database_dir / DATABASE), str(image_dir), out, options)
+def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: Mapper, mapper_conf: MapperConf,
+        refine: tuple[bool, bool, bool], num_images: int,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS) -> pycolmap.Reconstruction:
+    """Incremental (checkpointed in the stage's directory) or global SfM on the verified database;
+    keeps the largest model."""
+    database = database_dir / DATABASE
+    with native_write(stage.directory / RECONSTRUCTION):
+        if mapper is Mapper.GLOBAL:
+            with tempfile.TemporaryDirectory(dir=stage.directory) as out:
+                models = run_global(database, image_dir, Path(out), global_options(refine))
         else:
-            options = pycolmap.IncrementalPipelineOptions()
-            options.random_seed = RANDOM_SEED
-            options.ba_refine_focal_length, options.ba_refine_principal_point = focal, principal
-            options.ba_refine_extra_params = extra
-            for key, value in dataclasses.asdict(mapper_conf).items():
-                setattr(options.mapper, key, value)
-            models = pycolmap.incremental_mapping(str(database_dir / DATABASE), str(image_dir), out, options)
+            models = run_incremental(database, image_dir, incremental_options(mapper_conf, refine), num_images,
+                                     stage.directory / CHECKPOINT, checkpoint_seconds)
+    models = [m for m in models if m.num_reg_images() > 0]
     if not models:
         raise RuntimeError(f"SfM registered no images out of {num_images}: too little overlap or texture; "
                            "try --retrieval-k, --sequential or more images")
-    sizes = {k: m.num_reg_images() for k, m in models.items()}
-    best = max(sizes, key=sizes.get)
-    logger.info("SfM models (id: registered images): %s; keeping %d", sizes, best)
-    save_reconstruction(stage, models[best])
-    return models[best]
+    best = max(models, key=lambda m: m.num_reg_images())
+    logger.info("SfM models (registered images): %s; keeping the largest",
+                ", ".join(str(m.num_reg_images()) for m in models))
+    save_reconstruction(stage, best)
+    shutil.rmtree(stage.directory / CHECKPOINT, ignore_errors=True)
+    return best
 
 
 def save_reconstruction(stage: Stage, rec: pycolmap.Reconstruction) -> None:

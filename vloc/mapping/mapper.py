@@ -1,0 +1,150 @@
+"""SfM on a verified COLMAP database: pycolmap's incremental mapper (with progress and
+checkpoints), its global mapper (GLOMAP), and the rule ``auto`` picks one by.
+
+Checkpoints (incremental mapping): while the mapper runs, the model being grown is written to
+``WORK/model/checkpoint`` every ``checkpoint_seconds`` (after the image registration that
+crosses the interval; written beside it and renamed in, so a kill leaves the previous one
+whole). A rerun of the same build after a kill starts the mapper from that model: the images
+it holds stay registered, and the mapper goes on with the others. The checkpoint holds the
+largest model so far, which is also the one the build keeps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pycolmap
+from tqdm import tqdm
+
+from vloc.config import MapperConf
+from vloc.mapping.faults import write_model
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SEED = 0  # the mappers' seed: the same database gives the same model
+CHECKPOINT = "checkpoint"
+CHECKPOINT_SECONDS = 120.0
+
+
+class Mapper(enum.StrEnum):
+    AUTO = "auto"
+    INCREMENTAL = "incremental"
+    GLOBAL = "global"
+
+
+def parse_mapper(name: Mapper | str) -> Mapper:
+    try:
+        return Mapper(name)
+    except ValueError:
+        raise ValueError(f"Unknown mapper {name!r}; valid: {', '.join(m.value for m in Mapper)}") from None
+
+
+def choose_mapper(mapper: Mapper, num_images: int) -> Mapper:
+    """The mapper ``auto`` stands for (others are returned as they are). Measured in
+    docs/benchmarks.md ("SfM at scale"): the incremental mapper with vloc's BA schedule is as
+    accurate as the global one and faster on the sizes measured, and it checkpoints."""
+    if mapper is not Mapper.AUTO:
+        return mapper
+    return Mapper.INCREMENTAL
+
+
+def incremental_options(conf: MapperConf, refine: tuple[bool, bool, bool]) -> pycolmap.IncrementalPipelineOptions:
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = RANDOM_SEED
+    options.ba_refine_focal_length, options.ba_refine_principal_point, options.ba_refine_extra_params = refine
+    for key, value in dataclasses.asdict(conf).items():
+        target = options if hasattr(options, key) else options.mapper
+        setattr(target, key, value)
+    return options
+
+
+def global_options(refine: tuple[bool, bool, bool]) -> pycolmap.GlobalPipelineOptions:
+    options = pycolmap.GlobalPipelineOptions()
+    options.random_seed = RANDOM_SEED
+    ba = options.mapper.bundle_adjustment
+    ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params = refine
+    return options
+
+
+class _Checkpoints:
+    """The largest model so far, written to ``directory`` at most every ``seconds``."""
+
+    def __init__(self, directory: Path, seconds: float):
+        self.directory, self.seconds = directory, seconds
+        self.last = time.monotonic()
+        self.written = 0  # registered images in the newest checkpoint
+
+    def find(self) -> Path | None:
+        """The newest complete checkpoint (``.old`` if a kill fell between the two renames)."""
+        for path in (self.directory, self.directory.with_name(self.directory.name + ".old")):
+            if (path / "images.bin").is_file():
+                return path
+        return None
+
+    def maybe_write(self, model: pycolmap.Reconstruction) -> None:
+        registered = model.num_reg_images()
+        if registered <= self.written or time.monotonic() - self.last < self.seconds:
+            return
+        new = self.directory.with_name(self.directory.name + ".new")
+        old = self.directory.with_name(self.directory.name + ".old")
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir(parents=True)
+        write_model(model, new)
+        if self.directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            self.directory.rename(old)
+        new.rename(self.directory)
+        shutil.rmtree(old, ignore_errors=True)
+        self.written, self.last = registered, time.monotonic()
+        logger.info("checkpoint: %d images registered, written to %s", registered, self.directory)
+
+    def clear(self) -> None:
+        for suffix in ("", ".new", ".old"):
+            shutil.rmtree(self.directory.with_name(self.directory.name + suffix), ignore_errors=True)
+
+
+def run_incremental(database: Path, image_dir: Path, options: pycolmap.IncrementalPipelineOptions, num_images: int,
+                    checkpoint_dir: Path, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> list[pycolmap.Reconstruction]:
+    """pycolmap's incremental mapper on ``database``, resumed from ``checkpoint_dir`` when it holds a
+    model; shows registered / ``num_images`` while it runs. Returns every model it made."""
+    options.image_path = str(image_dir)  # colours of the points
+    checkpoints = _Checkpoints(checkpoint_dir, checkpoint_seconds)
+    manager = pycolmap.ReconstructionManager()
+    found = checkpoints.find()
+    if found is not None:
+        manager.read(str(found))
+        checkpoints.written = manager.get(0).num_reg_images()
+        logger.info("SfM resumes from the checkpoint in %s: %d of %d images kept", found,
+                    checkpoints.written, num_images)
+    t0 = time.monotonic()
+    best = [checkpoints.written]
+    with tqdm(total=num_images, desc="sfm", unit="img", initial=best[0]) as bar:
+        def registered() -> None:
+            model = manager.get(manager.size() - 1)
+            count = model.num_reg_images()
+            bar.n = max(bar.n, count)
+            bar.set_postfix_str(f"model {manager.size()}, {time.monotonic() - t0:.0f} s", refresh=True)
+            if count >= best[0]:
+                best[0] = count
+                checkpoints.maybe_write(model)
+
+        db = pycolmap.Database.open(str(database))
+        try:
+            pipeline = pycolmap.IncrementalPipeline(options, db, manager)
+            pipeline.add_callback(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK, registered)
+            pipeline.run()
+        finally:
+            db.close()
+    return [manager.get(i) for i in range(manager.size())]
+
+
+def run_global(database: Path, image_dir: Path, out: Path,
+               options: pycolmap.GlobalPipelineOptions) -> list[pycolmap.Reconstruction]:
+    """pycolmap's global mapper (GLOMAP: rotation averaging, global positioning, bundle adjustment)."""
+    logger.info("global SfM: rotation averaging, global positioning, bundle adjustment (no progress "
+                "reported inside; no checkpoints)")
+    return list(pycolmap.global_mapping(str(database), str(image_dir), str(out), options).values())
