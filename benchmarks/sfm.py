@@ -13,7 +13,8 @@ Pipelines, each in its own process (so each has its own peak RSS, and a pipeline
 - ``vloc``: ``vloc map build`` with default options (``--mapper auto``); ``vloc-incremental`` and
   ``vloc-global`` name the mapper.
 - ``colmap-incremental`` / ``colmap-global``: what a COLMAP user runs, through pycolmap with its
-  defaults: SIFT extraction (one shared camera, SIMPLE_RADIAL, as for a video), sequential
+  defaults (one process: extraction and matching once, each mapper on a copy of the database;
+  both rows show the shared stages' seconds): SIFT extraction (one shared camera, SIMPLE_RADIAL, as for a video), sequential
   matching (10 neighbours, quadratic overlap; loop detection needs a vocabulary tree, a download,
   so it is off) with its geometric verification, then ``incremental_mapping`` or
   ``global_mapping``. With ``--camera``, its model and parameters are given and not refined.
@@ -33,6 +34,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,7 +94,9 @@ def run_vloc(pipeline: str, images: Path, image_list: Path | None, camera: str, 
     return stages, out / "map" / "model"
 
 
-def run_colmap(pipeline: str, images: Path, names: list[str], camera: str, out: Path) -> tuple[dict, Path]:
+def run_colmap(images: Path, names: list[str], camera: str, out: Path, mappers: list[str]):
+    """COLMAP's pipeline: extraction and sequential matching once, then each mapper on a copy of the
+    database; yields (pipeline, stages, model directory) as each mapper ends."""
     database, stages = out / "database.db", {}
     reader = pycolmap.ImageReaderOptions()
     if camera:
@@ -103,25 +107,30 @@ def run_colmap(pipeline: str, images: Path, names: list[str], camera: str, out: 
                               reader_options=reader, device=pycolmap.Device.cpu)
     stages["extract"], t = time.perf_counter() - t, time.perf_counter()
     pycolmap.match_sequential(database, device=pycolmap.Device.cpu)
-    stages["match"], t = time.perf_counter() - t, time.perf_counter()
-    (out / "sparse").mkdir()
-    if pipeline == "colmap-incremental":
-        options = pycolmap.IncrementalPipelineOptions()
-        if camera:
-            options.ba_refine_focal_length = options.ba_refine_extra_params = False
-        models = pycolmap.incremental_mapping(database, images, out / "sparse", options)
-    else:
-        options = pycolmap.GlobalPipelineOptions()
-        if camera:
-            ba = options.mapper.bundle_adjustment
-            ba.refine_focal_length = ba.refine_extra_params = False
-        models = pycolmap.global_mapping(database, images, out / "sparse", options)
-    stages["map"] = time.perf_counter() - t
-    if not models:
-        raise RuntimeError("no model")
-    best = max(models.values(), key=lambda m: m.num_reg_images())
-    best.write(out / "best")
-    return stages, out / "best"
+    stages["match"] = time.perf_counter() - t
+    for mapper in mappers:
+        work = out / mapper
+        work.mkdir()
+        shutil.copy(database, work / "database.db")
+        t = time.perf_counter()
+        if mapper == "colmap-incremental":
+            options = pycolmap.IncrementalPipelineOptions()
+            if camera:
+                options.ba_refine_focal_length = options.ba_refine_extra_params = False
+            models = pycolmap.incremental_mapping(work / "database.db", images, work, options)
+        else:
+            options = pycolmap.GlobalPipelineOptions()
+            if camera:
+                ba = options.mapper.bundle_adjustment
+                ba.refine_focal_length = ba.refine_extra_params = False
+            models = pycolmap.global_mapping(work / "database.db", images, work, options)
+        seconds = time.perf_counter() - t
+        if not models:
+            raise RuntimeError(f"{mapper}: no model")
+        best = max(models.values(), key=lambda m: m.num_reg_images())
+        (work / "best").mkdir()
+        best.write(work / "best")
+        yield mapper, {**stages, "map": seconds}, work / "best"
 
 
 def mapper_breakdown(log: str) -> dict:
@@ -152,24 +161,26 @@ def mapper_breakdown(log: str) -> dict:
 
 
 def one(args: argparse.Namespace) -> None:
-    """Child process: one pipeline; prints one JSON line."""
+    """Child process: one vloc pipeline, or COLMAP's with its mappers; prints a JSON line per model."""
     if args.mapper_log:
         pycolmap.logging.logtostderr, pycolmap.logging.verbose_level = True, 1
         pycolmap.logging.minloglevel = 0
     else:
         pycolmap.logging.minloglevel = 2
     names = args.names.read_text().split()
+    gt = pycolmap.Reconstruction(str(args.gt))
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        out = Path(tmp)
         t = time.perf_counter()
-        if args.one.startswith("vloc"):
-            stages, model = run_vloc(args.one, args.images, args.names, args.camera, out)
+        if args.one[0].startswith("vloc"):
+            runs = [(args.one[0], *run_vloc(args.one[0], args.images, args.names, args.camera, Path(tmp)))]
         else:
-            stages, model = run_colmap(args.one, args.images, names, args.camera, out)
-        total = time.perf_counter() - t
-        result = compare(pycolmap.Reconstruction(str(model)), pycolmap.Reconstruction(str(args.gt)))
-    rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print("RESULT " + json.dumps({"stages": stages, "total": total, "rss_mb": rss / 1024, **result}), flush=True)
+            runs = run_colmap(args.images, names, args.camera, Path(tmp), args.one)
+        for pipeline, stages, model in runs:
+            result = compare(pycolmap.Reconstruction(str(model)), gt)
+            rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+            print("RESULT " + json.dumps({"pipeline": pipeline, "stages": stages, "total": sum(stages.values()),
+                                          "wall": time.perf_counter() - t, "rss_mb": rss / 1024, **result}), flush=True)
 
 
 def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, Path, str]:
@@ -204,6 +215,10 @@ def row(pipeline: str, camera: str, r: dict | None, note: str = "") -> str:
             f"{r['rss_mb']:>8.0f}{extra}")
 
 
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", default="lund")
@@ -215,7 +230,7 @@ def main() -> None:
     parser.add_argument("--mapper-log", action="store_true", help="time the incremental mapper's parts (vloc rows)")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     parser.add_argument("--tmp", type=Path, default=None, help="where the pipelines work (default: the system's)")
-    parser.add_argument("--one", choices=PIPELINES, help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--images", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--names", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--gt", type=Path, help=argparse.SUPPRESS)
@@ -229,27 +244,32 @@ def main() -> None:
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
         print(f"{'pipeline, intrinsics':<30}{'total s':>8}  {'stages s':<22}{'reg':>6}{'points':>9}{'reproj':>7}"
               f"{'c. med':>9}{'c. p90':>9}{'rot °':>7}{'focal':>8}{'RSS MB':>8}")
+        colmap = [p for p in args.pipelines if p.startswith("colmap")]
+        groups = [[p] for p in args.pipelines if p.startswith("vloc")] + ([colmap] if colmap else [])
         for camera in args.camera:
-            for pipeline in args.pipelines:
+            for group in groups:
                 load = os.getloadavg()[0]
-                cmd = [sys.executable, __file__, "--one", pipeline, "--images", str(images), "--names", str(names),
+                cmd = [sys.executable, __file__, "--one", *group, "--images", str(images), "--names", str(names),
                        "--gt", str(gt), "--camera", camera, "--data", str(args.data)]
-                cmd += ["--mapper-log"] if args.mapper_log and pipeline.startswith("vloc") else []
+                cmd += ["--mapper-log"] if args.mapper_log and group[0].startswith("vloc") else []
                 cmd += ["--tmp", str(args.tmp)] if args.tmp else []
+                stopped = ""
                 try:
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.colmap_timeout)
-                except subprocess.TimeoutExpired:
-                    print(row(pipeline, camera, None, f"stopped after {args.colmap_timeout:.0f} s (load {load:.1f})"),
-                          flush=True)
-                    continue
-                found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-                if proc.returncode or not found:
-                    print(row(pipeline, camera, None, f"failed ({proc.returncode}): {proc.stderr[-500:]}"), flush=True)
-                    continue
-                result = json.loads(found[-1][len("RESULT "):])
-                if "--mapper-log" in cmd:
-                    result["mapper"] = mapper_breakdown(proc.stderr)
-                print(row(pipeline, camera, result) + f"  load {load:.1f}", flush=True)
+                    stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+                except subprocess.TimeoutExpired as exc:
+                    stdout, stderr, code = _text(exc.stdout), _text(exc.stderr), None
+                    stopped = f"stopped after {args.colmap_timeout:.0f} s (load {load:.1f} at its start)"
+                results = {r["pipeline"]: r for r in (json.loads(line[len("RESULT "):])
+                                                      for line in stdout.splitlines() if line.startswith("RESULT "))}
+                for pipeline in group:
+                    result = results.get(pipeline)
+                    if result is None:
+                        print(row(pipeline, camera, None, stopped or f"failed ({code}): {stderr[-500:]}"), flush=True)
+                        continue
+                    if "--mapper-log" in cmd:
+                        result["mapper"] = mapper_breakdown(stderr)
+                    print(row(pipeline, camera, result) + f"  load {load:.1f}", flush=True)
         print("stages: vloc extract+pairs/match/verify/map/write, COLMAP extract/match+verify/map; centre errors in "
               "the ground truth's units after a similarity; rot: rotation error after it")
 

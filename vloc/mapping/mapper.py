@@ -132,10 +132,16 @@ def run_incremental(database: Path, image_dir: Path, options: pycolmap.Increment
                 best[0] = count
                 checkpoints.maybe_write(model)
 
+        def model_done() -> None:
+            bar.refresh()
+            logger.info("SfM model %d done (final global bundle adjustment included): %d images registered, "
+                        "%.0f s", manager.size(), manager.get(manager.size() - 1).num_reg_images(), time.monotonic() - t0)
+
         db = pycolmap.Database.open(str(database))
         try:
             pipeline = pycolmap.IncrementalPipeline(options, db, manager)
             pipeline.add_callback(pycolmap.IncrementalPipelineCallback.NEXT_IMAGE_REG_CALLBACK, registered)
+            pipeline.add_callback(pycolmap.IncrementalPipelineCallback.LAST_IMAGE_REG_CALLBACK, model_done)
             pipeline.run()
         finally:
             db.close()
