@@ -135,8 +135,9 @@ def run_colmap(images: Path, names: list[str], camera: str, out: Path, mappers: 
 
 def mapper_breakdown(log: str) -> dict:
     """Seconds of the incremental mapper's parts, from pycolmap's log (INFO, verbose 1)."""
-    stamp = re.compile(r"^I(\d{8} \d\d:\d\d:\d\d\.\d+)")
-    lines = log.splitlines()
+    stamp = re.compile(r"I(\d{8} \d\d:\d\d:\d\d\.\d+) +\d+ [\w.]+:\d+\]")
+    # (a progress bar's last refresh can precede a log line on the same line: cut it off)
+    lines = [line[m.start():] if (m := stamp.search(line)) else line for line in log.splitlines()]
     ts = lambda line: datetime.strptime(stamp.match(line).group(1), "%Y%m%d %H:%M:%S.%f")  # noqa: E731
     out = {"global_ba_runs": 0, "global_ba_s": 0.0, "local_ba_s": 0.0, "pose_s": 0.0}
     kind, start, end = "local", None, None
