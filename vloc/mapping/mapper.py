@@ -102,9 +102,12 @@ class _Checkpoints:
         self.written, self.last = registered, time.monotonic()
         logger.info("checkpoint: %d images registered, written to %s", registered, self.directory)
 
-    def clear(self) -> None:
-        for suffix in ("", ".new", ".old"):
-            shutil.rmtree(self.directory.with_name(self.directory.name + suffix), ignore_errors=True)
+
+
+def remove_checkpoint(directory: Path) -> None:
+    """Remove the checkpoint in ``directory`` and any half-renamed one beside it."""
+    for suffix in ("", ".new", ".old"):
+        shutil.rmtree(directory.with_name(directory.name + suffix), ignore_errors=True)
 
 
 def run_incremental(database: Path, image_dir: Path, options: pycolmap.IncrementalPipelineOptions, num_images: int,
@@ -121,16 +124,14 @@ def run_incremental(database: Path, image_dir: Path, options: pycolmap.Increment
         logger.info("SfM resumes from the checkpoint in %s: %d of %d images kept", found,
                     checkpoints.written, num_images)
     t0 = time.monotonic()
-    best = [checkpoints.written]
-    with tqdm(total=num_images, desc="sfm", unit="img", initial=best[0]) as bar:
+    with tqdm(total=num_images, desc="sfm", unit="img", initial=checkpoints.written) as bar:
         def registered() -> None:
             model = manager.get(manager.size() - 1)
             count = model.num_reg_images()
-            bar.n = max(bar.n, count)
-            bar.set_postfix_str(f"model {manager.size()}, {time.monotonic() - t0:.0f} s", refresh=True)
-            if count >= best[0]:
-                best[0] = count
+            if count >= bar.n:  # the largest model so far (a later model starts again from 2)
+                bar.n = count
                 checkpoints.maybe_write(model)
+            bar.set_postfix_str(f"model {manager.size()}, {time.monotonic() - t0:.0f} s", refresh=True)
 
         def model_done() -> None:
             bar.refresh()

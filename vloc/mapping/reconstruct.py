@@ -35,6 +35,7 @@ from vloc.mapping.mapper import (
     Mapper,
     global_options,
     incremental_options,
+    remove_checkpoint,
     run_global,
     run_incremental,
 )
@@ -159,7 +160,7 @@ def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: Mapper, mappe
     logger.info("SfM models (registered images): %s; keeping the largest",
                 ", ".join(str(m.num_reg_images()) for m in models))
     save_reconstruction(stage, best)
-    shutil.rmtree(stage.directory / CHECKPOINT, ignore_errors=True)
+    remove_checkpoint(stage.directory / CHECKPOINT)
     return best
 
 
