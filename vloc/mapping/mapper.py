@@ -135,7 +135,8 @@ def run_incremental(database: Path, image_dir: Path, options: pycolmap.Increment
 
         def model_done() -> None:
             bar.refresh()
-            logger.info("SfM model %d: registration done, %d images registered, %.0f s", manager.size(), manager.get(manager.size() - 1).num_reg_images(), time.monotonic() - t0)
+            logger.info("SfM model %d: registration done, %d images registered, %.0f s", manager.size(),
+                        manager.get(manager.size() - 1).num_reg_images(), time.monotonic() - t0)
 
         db = pycolmap.Database.open(str(database))
         try:
