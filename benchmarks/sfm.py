@@ -14,7 +14,8 @@ Pipelines, each in its own process (so each has its own peak RSS, and a pipeline
   ``vloc-global`` name the mapper.
 - ``colmap-incremental`` / ``colmap-global``: what a COLMAP user runs, through pycolmap with its
   defaults (one process: extraction and matching once, each mapper on a copy of the database;
-  both rows show the shared stages' seconds): SIFT extraction (one shared camera, SIMPLE_RADIAL, as for a video), sequential
+  both rows show the shared stages' seconds): SIFT extraction (one shared camera, SIMPLE_RADIAL,
+  as for a video), sequential
   matching (10 neighbours, quadratic overlap; loop detection needs a vocabulary tree, a download,
   so it is off) with its geometric verification, then ``incremental_mapping`` or
   ``global_mapping``. With ``--camera``, its model and parameters are given and not refined.

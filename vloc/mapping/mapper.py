@@ -111,7 +111,8 @@ def remove_checkpoint(directory: Path) -> None:
 
 
 def run_incremental(database: Path, image_dir: Path, options: pycolmap.IncrementalPipelineOptions, num_images: int,
-                    checkpoint_dir: Path, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> list[pycolmap.Reconstruction]:
+                    checkpoint_dir: Path,
+                    checkpoint_seconds: float = CHECKPOINT_SECONDS) -> list[pycolmap.Reconstruction]:
     """pycolmap's incremental mapper on ``database``, resumed from ``checkpoint_dir`` when it holds a
     model; shows registered / ``num_images`` while it runs. Returns every model it made."""
     options.image_path = str(image_dir)  # colours of the points
