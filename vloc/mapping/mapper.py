@@ -25,7 +25,7 @@ from vloc.mapping.faults import write_model
 
 logger = logging.getLogger(__name__)
 
-RANDOM_SEED = 0  # the mappers' seed: the same database gives the same model
+RANDOM_SEED = 0  # the mappers' and SfM verification's seed: the same inputs give the same model
 CHECKPOINT = "checkpoint"
 CHECKPOINT_SECONDS = 120.0
 
@@ -80,7 +80,7 @@ class _Checkpoints:
 
     def find(self) -> Path | None:
         """The newest complete checkpoint (``.old`` if a kill fell between the two renames)."""
-        for path in (self.directory, self.directory.with_name(self.directory.name + ".old")):
+        for path in (self.directory, _beside(self.directory, ".old")):
             if (path / "images.bin").is_file():
                 return path
         return None
@@ -89,8 +89,7 @@ class _Checkpoints:
         registered = model.num_reg_images()
         if registered <= self.written or time.monotonic() - self.last < self.seconds:
             return
-        new = self.directory.with_name(self.directory.name + ".new")
-        old = self.directory.with_name(self.directory.name + ".old")
+        new, old = _beside(self.directory, ".new"), _beside(self.directory, ".old")
         shutil.rmtree(new, ignore_errors=True)
         new.mkdir(parents=True)
         write_model(model, new)
@@ -103,11 +102,15 @@ class _Checkpoints:
         logger.info("checkpoint: %d images registered, written to %s", registered, self.directory)
 
 
+def _beside(directory: Path, suffix: str) -> Path:
+    """The checkpoint being written (``.new``) or being replaced (``.old``) next to ``directory``."""
+    return directory.with_name(directory.name + suffix)
+
 
 def remove_checkpoint(directory: Path) -> None:
     """Remove the checkpoint in ``directory`` and any half-renamed one beside it."""
-    for suffix in ("", ".new", ".old"):
-        shutil.rmtree(directory.with_name(directory.name + suffix), ignore_errors=True)
+    for path in (directory, _beside(directory, ".new"), _beside(directory, ".old")):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def run_incremental(database: Path, image_dir: Path, options: pycolmap.IncrementalPipelineOptions, num_images: int,

@@ -32,6 +32,7 @@ from vloc.mapping.faults import native_write, write_model
 from vloc.mapping.mapper import (
     CHECKPOINT,
     CHECKPOINT_SECONDS,
+    RANDOM_SEED,
     Mapper,
     global_options,
     incremental_options,
@@ -45,7 +46,6 @@ from vloc.matching.verify import num_inliers, verify_known_poses
 
 logger = logging.getLogger(__name__)
 
-RANDOM_SEED = 0  # RANSAC seed of the verification: the same inputs give the same database
 DATABASE, RECONSTRUCTION = "database.db", "reconstruction"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
