@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from vloc.config import DEFAULT_PRESET, PRESETS
+from vloc.config import DEFAULT_PRESET, PRESETS, Preset
 from vloc.evaluation.metrics import DEFAULT_THRESHOLDS
 
 logger = logging.getLogger("vloc")
@@ -24,17 +25,25 @@ def _thresholds(values: list[str]) -> tuple[tuple[float, float], ...]:
     return tuple(out)
 
 
-def cmd_map_build(args: argparse.Namespace) -> int:
-    from vloc.config import PairsConf, get_preset
-    from vloc.mapping.build import build_map
+def map_build_preset(args: argparse.Namespace) -> Preset:
+    """The preset ``map build`` runs: ``--preset`` with the options that override its parts."""
+    from vloc.config import get_preset
 
     preset = get_preset(args.preset)
     if args.global_delg is not None:
         preset = preset.with_overrides(global_desc=_delg_global(args.global_delg))
-    if args.retrieval_k is not None or args.sequential is not None:
-        preset = preset.with_overrides(pairs=PairsConf(
-            num_retrieved=preset.pairs.num_retrieved if args.retrieval_k is None else args.retrieval_k,
-            num_sequential=preset.pairs.num_sequential if args.sequential is None else args.sequential))
+    if args.retrieval_k is not None:  # a k the user names holds at every size
+        preset = preset.with_overrides(pairs=dataclasses.replace(preset.pairs, num_retrieved=args.retrieval_k,
+                                                                 sfm_large_set=0))
+    if args.sequential is not None:
+        preset = preset.with_overrides(pairs=dataclasses.replace(preset.pairs, num_sequential=args.sequential))
+    return preset
+
+
+def cmd_map_build(args: argparse.Namespace) -> int:
+    from vloc.mapping.build import build_map
+
+    preset = map_build_preset(args)
     manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
                          cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
@@ -318,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--global-delg", type=Path, metavar="FILE", help="global descriptor: DELG with these weights "
                    "(a file from `vloc weights convert-delg` or `vloc train delg`; images at most 1024 px) instead "
                    "of the preset's; recorded in the map, so localize and retrieve use it")
-    b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval")
+    b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval (default: the preset's; "
+                   "SfM of more than 500 images: at most 10)")
     b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
     b.add_argument("--camera", help='intrinsics of every image (SfM): "MODEL WIDTH HEIGHT PARAMS..." '
                    '(COLMAP model names and parameter order)')

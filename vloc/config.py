@@ -81,6 +81,18 @@ class PairsConf:
 
     num_retrieved: int = 20  # top-k by global descriptor
     num_sequential: int = 0  # also pair each image with its k successors by name order
+    # SfM (no poses given) of more than sfm_large_set images keeps sfm_large_num_retrieved per image
+    # (0 = no such rule). Measured (docs/benchmarks.md, "SfM at scale"): 7scenes at 500 and 1,000
+    # frames gave the same registered images and centre error from top-10 as from top-20, in half the
+    # matching and verification; at 250 and below (lund, sacre_coeur) top-20 stays.
+    sfm_large_set: int = 500
+    sfm_large_num_retrieved: int = 10
+
+    def for_sfm(self, num_images: int) -> PairsConf:
+        """The pairs an SfM build of ``num_images`` images uses."""
+        if self.sfm_large_set and num_images > self.sfm_large_set:
+            return dataclasses.replace(self, num_retrieved=min(self.num_retrieved, self.sfm_large_num_retrieved))
+        return self
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,10 @@ class MapperConf:
     ba_global_points_ratio: float = 1.5
     ba_global_max_refinements: int = 1
     ba_local_max_refinements: int = 1
+    # A global BA stops when an iteration lowers the cost by less than this fraction (COLMAP: 0, so
+    # it runs to the gradient tolerance). 1,000 frames of 7scenes, each global BA from the 759-image
+    # one on: 9 -> 3 iterations, 70 -> 28 s, final cost 0.6093 -> 0.6093 px; the mapper 512 -> 340 s.
+    ba_global_function_tolerance: float = 1e-4
 
 
 @dataclass(frozen=True)

@@ -175,10 +175,11 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
         raise ValueError(f"{plan.images}: fewer than 2 readable map images ({len(skipped)} skipped)")
     t = lap(seconds, "extract", t)
 
-    pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(preset.pairs),
+    pairs_conf = preset.pairs if plan.reference is not None else preset.pairs.for_sfm(len(names))
+    pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(pairs_conf),
                                        "pca_dim": preset.global_desc.pca_dim, "images": digest(names)}, overwrite)
     if not pairs.done:
-        pairs_stage(pairs, extract.directory, names, preset.pairs, preset.global_desc.pca_dim)
+        pairs_stage(pairs, extract.directory, names, pairs_conf, preset.global_desc.pca_dim)
         pairs.complete()
     t = lap(seconds, "pairs", t)
 
