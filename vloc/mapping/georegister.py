@@ -1,0 +1,71 @@
+"""Geo-registration: the similarity that takes a model's camera centres onto their GPS positions.
+
+The positions are metres in a local east-north-up frame (``vloc.io.gps.EnuFrame``). The fit is
+pycolmap's LO-RANSAC over 3D similarities, so a few wrong fixes (a phone's first fix, a
+multipath jump) are named as outliers instead of bending the map; the residuals of every image
+are kept for reports.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pycolmap
+
+from vloc.mapping.mapper import RANDOM_SEED
+
+logger = logging.getLogger(__name__)
+
+MIN_GPS_IMAGES = 3  # a similarity has 7 degrees of freedom: 3 non-collinear positions
+
+
+@dataclass(frozen=True)
+class GeoFit:
+    """``enu_from_model`` and, per image name, the distance (m) between its mapped centre and its
+    GPS position; ``outliers`` are the names beyond the fit's ``max_error_m``."""
+
+    enu_from_model: pycolmap.Sim3d
+    residuals_m: dict[str, float]
+    outliers: list[str]
+    max_error_m: float
+
+    @property
+    def inliers(self) -> list[str]:
+        return [n for n in self.residuals_m if n not in set(self.outliers)]
+
+    def median_residual_m(self) -> float:
+        return float(np.median([self.residuals_m[n] for n in self.inliers]))
+
+
+def fit_to_gps(centres: dict[str, np.ndarray], enu: dict[str, np.ndarray], *,
+               max_error_m: float = 10.0) -> GeoFit:
+    """Fit ``enu ~ s R centre + t`` over the names both dicts hold (camera centres in the model's
+    frame, GPS positions in metres). Raises ``ValueError`` when fewer than ``MIN_GPS_IMAGES`` images
+    have both, when they are (nearly) collinear, or when no similarity has 3 inliers."""
+    if max_error_m <= 0:
+        raise ValueError(f"max_error_m must be positive, got {max_error_m}")
+    names = sorted(set(centres) & set(enu))
+    if len(names) < MIN_GPS_IMAGES:
+        raise ValueError(f"{len(names)} registered images have a GPS position; geo-registration needs at least "
+                         f"{MIN_GPS_IMAGES}")
+    src = np.array([centres[n] for n in names], dtype=np.float64).reshape(-1, 3)
+    tgt = np.array([enu[n] for n in names], dtype=np.float64).reshape(-1, 3)
+    spread = np.linalg.svd(tgt - tgt.mean(0), compute_uv=False)
+    if spread[1] < 1e-3 * max(spread[0], 1e-12):
+        raise ValueError(f"the {len(names)} GPS positions lie on a line: they fix no orientation about it")
+    options = pycolmap.RANSACOptions()
+    options.max_error = max_error_m
+    options.random_seed = RANDOM_SEED
+    found = pycolmap.estimate_sim3d_robust(src, tgt, options)
+    if found is None or int(found["num_inliers"]) < MIN_GPS_IMAGES:
+        raise ValueError(f"no similarity puts {MIN_GPS_IMAGES} or more of the {len(names)} camera centres within "
+                         f"{max_error_m} m of their GPS positions")
+    sim = found["tgt_from_src"]
+    mapped = src @ (sim.scale * sim.rotation.matrix()).T + sim.translation
+    residuals = np.linalg.norm(mapped - tgt, axis=1)
+    outliers = [n for n, r in zip(names, residuals, strict=True) if r > max_error_m]
+    if outliers:
+        logger.info("GPS fit: %d of %d positions beyond %.1f m, left out: %s", len(outliers), len(names),
+                    max_error_m, ", ".join(outliers))
+    return GeoFit(sim, {n: float(r) for n, r in zip(names, residuals, strict=True)}, outliers, max_error_m)
