@@ -103,3 +103,25 @@ def test_fit_to_gps_refuses_too_few_or_collinear():
         fit_to_gps(line, {k: 2 * v for k, v in line.items()})
     with pytest.raises(ValueError, match="needs at least 3"):
         fit_to_gps({"a": np.zeros(3), "b": np.ones(3)}, {"a": np.zeros(3), "c": np.ones(3)})
+
+
+def test_geo_pose_position_heading_and_sigma():
+    from vloc.localization.geo import geo_pose
+    from vloc.localization.result import LocalizationResult
+
+    frame = EnuFrame(latitude=55.7, longitude=13.19, altitude=30.0)
+    centre = np.array([100.0, 50.0, 2.0])
+    # optical axis (camera z) pointing east: world_from_cam columns are the camera axes in ENU
+    world_from_cam = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    cam_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(world_from_cam.T), -world_from_cam.T @ centre)
+    # variances of cam_from_world's translation along the camera's x (north-south here), y (up-down), z (east)
+    covariance = np.diag([1e-12, 1e-12, 1e-12, 0.04, 0.09, 0.01])
+    pose = geo_pose(cam_from_world, covariance, frame)
+    assert pose.heading_deg == pytest.approx(90.0)
+    assert frame.to_enu(np.array([[pose.latitude, pose.longitude, pose.altitude]]))[0] == pytest.approx(centre, abs=1e-6)
+    assert pose.horizontal_sigma_m == pytest.approx(np.sqrt(0.04 + 0.01), rel=1e-3)
+    assert geo_pose(cam_from_world, None, frame).horizontal_sigma_m is None
+    result = LocalizationResult("q", True, cam_from_world=cam_from_world)
+    assert "geo" not in result.to_dict()  # a map without GPS answers without the field
+    result.geo = pose
+    assert result.to_dict()["geo"]["heading_deg"] == pytest.approx(90.0)

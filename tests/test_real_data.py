@@ -135,14 +135,32 @@ def test_eval_and_info_commands(kitti, kitti_map, tmp_path, capsys):
     assert "10 images" in capsys.readouterr().out
 
 
-def test_lund_sfm_from_scratch_registers_almost_all(tmp_path):
+def test_lund_sfm_from_scratch_registers_almost_all_geo_registered(tmp_path, capsys):
     from conftest import prepared
+
+    from vloc.io.gps import EnuFrame, read_exif_gps
 
     lund = prepared("lund")
     out = tmp_path / "lund"
-    assert main(["map", "build", "--images", str(lund.images), "--out", str(out)]) == 0
+    assert main(["map", "build", "--images", str(lund.images), "--out", str(out), "--gps", "exif"]) == 0
     data = load_map(out)
     assert data.reconstruction.num_reg_images() >= 27
     assert data.manifest.source.mode == "sfm-incremental"
     assert len(data.global_names) == data.reconstruction.num_reg_images()
     assert data.reconstruction.compute_mean_reprojection_error() < 1.5
+    # issue 26: the map is in east-north-up metres about the photos' GPS; centres near their EXIF fixes
+    geo = data.manifest.geo
+    assert geo is not None and geo.source == "exif" and geo.images_with_gps == data.reconstruction.num_reg_images()
+    frame = EnuFrame(latitude=geo.latitude, longitude=geo.longitude, altitude=geo.altitude)
+    images = [im for im in data.reconstruction.images.values() if im.has_pose]
+    gps = frame.fixes_to_enu([read_exif_gps(lund.images / im.name) for im in images])
+    offset = np.array([im.projection_center() for im in images]) - gps
+    distance = np.linalg.norm(offset, axis=1)
+    # measured: horizontal median 4.82 m, 3D median 5.05 m (EXIF altitudes are whole metres), largest 9.9 m
+    assert np.median(np.linalg.norm(offset[:, :2], axis=1)) <= 5.0 and distance.max() <= 15.0
+    assert geo.median_residual_m == pytest.approx(np.median(np.delete(distance, [
+        i for i, im in enumerate(images) if im.name in geo.outliers])), abs=1e-3)
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "geo-registered (exif): origin 55.69" in capsys.readouterr().out
+

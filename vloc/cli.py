@@ -48,7 +48,7 @@ def cmd_map_build(args: argparse.Namespace) -> int:
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
                          cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
                          work=args.work, workers=args.workers, ray=args.ray,
-                         checkpoint_seconds=args.checkpoint_every)
+                         checkpoint_seconds=args.checkpoint_every, gps=args.gps)
     print(f"{args.out}: {manifest.summary}")
     return 0
 
@@ -284,6 +284,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                      indent=1))
     print(f"preset: {manifest['preset']['name']}  features: {manifest['preset']['features']}  "
           f"global: {manifest['preset']['global_desc']}")
+    if manifest.get("geo"):
+        g = manifest["geo"]
+        print(f"geo-registered ({g['source']}): origin {g['latitude']:.7f}, {g['longitude']:.7f}, "
+              f"{g['altitude']:.1f} m; {g['images_with_gps']} GPS positions, camera centre to GPS median "
+              f"{g['median_residual_m']:.2f} m, largest {g['max_residual_m']:.2f} m; "
+              f"{len(g['outliers'])} outliers{': ' + ', '.join(g['outliers']) if g['outliers'] else ''}")
     if manifest["adaptation"]:
         a = manifest["adaptation"]
         print(f"adapted (vloc map adapt): {a['weights']}, {a['clusters']['count']} covisibility clusters, "
@@ -330,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--retrieval-k", type=int, help="pairs per image from global retrieval (default: the preset's; "
                    "SfM of more than 500 images: at most 10)")
     b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
+    b.add_argument("--gps", metavar="exif|FILE", help="geo-register the map: GPS positions from the images' EXIF or "
+                   "from FILE ('name lat lon alt [horizontal_sigma_m]' lines); the map becomes east-north-up metres "
+                   "about their median, fitted by a similarity (LO-RANSAC, positions beyond 10 m named as outliers)")
     b.add_argument("--camera", help='intrinsics of every image (SfM): "MODEL WIDTH HEIGHT PARAMS..." '
                    '(COLMAP model names and parameter order)')
     b.add_argument("--cameras", type=Path, help="per-image intrinsics (SfM): 'name MODEL WIDTH HEIGHT PARAMS...' "

@@ -117,6 +117,23 @@ def read_gps_file(path: Path | str, names: Collection[str] | None = None) -> dic
     return fixes
 
 
+EXIF = "exif"
+
+
+def read_gps(source: str | Path, image_dir: Path, names: list[str]) -> dict[str, GpsFix]:
+    """The positions ``--gps`` names: ``exif`` (each image's own tags; images without are left
+    out) or a ``name lat lon alt [sigma]`` file whose names must be among ``names``."""
+    if str(source) == EXIF:
+        fixes = {n: fix for n in names if (fix := read_exif_gps(image_dir / n)) is not None}
+        where = f"{image_dir}: EXIF GPS of {len(names)} images"
+    else:
+        fixes = read_gps_file(source, names)
+        where = str(source)
+    if len(fixes) < 3:
+        raise ValueError(f"{where}: {len(fixes)} GPS positions; geo-registration needs at least 3")
+    return fixes
+
+
 @dataclass(frozen=True, kw_only=True)
 class EnuFrame:
     """A local east-north-up frame (metres) whose origin is a WGS84 position."""

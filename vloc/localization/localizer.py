@@ -31,6 +31,7 @@ from vloc.features import Features
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.io.poses import rotation_angle_deg
+from vloc.localization.geo import geo_pose, map_frame
 from vloc.localization.layer import Layer
 from vloc.localization.models import ModelCache
 from vloc.localization.result import LocalizationResult, Prior
@@ -63,6 +64,7 @@ class Localizer:
         self.models = models if models is not None else ModelCache()
         self.layer = Layer.open(self.map_dir, preset, self.models)
         self.preset, self.manifest, self.store = self.layer.preset, self.layer.manifest, self.layer.store
+        self.geo_frame = map_frame(self.manifest)  # east-north-up about a WGS84 origin, or None
         self.fallback = self._open_fallback()
         self._global_models: dict[GlobalConf, object] = {
             layer.global_conf: self.models.get("global", layer.global_conf, make_global_model) for layer in self.layers}
@@ -137,7 +139,7 @@ class Localizer:
         with self._lock:
             result = self._localize_layers(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
-        return result
+        return self._with_geo(result)
 
     def localize_features(
         self, features: Features, global_descriptor: np.ndarray, camera: pycolmap.Camera | dict,
@@ -152,8 +154,15 @@ class Localizer:
         if features.descriptors.ndim != 2 or (len(features) and features.descriptors.shape[1] != dim):
             raise ValueError(f"{name}: descriptors of shape {features.descriptors.shape}, the map's are (N, {dim})")
         with self._lock:
-            return self.layer.localize(None, camera, "given", name, np.asarray(global_descriptor, np.float32),
-                                       self._prior(prior), feats=features)
+            result = self.layer.localize(None, camera, "given", name, np.asarray(global_descriptor, np.float32),
+                                         self._prior(prior), feats=features)
+        return self._with_geo(result)
+
+    def _with_geo(self, result: LocalizationResult) -> LocalizationResult:
+        """A localized result on a geo-registered map gets its position in WGS84."""
+        if self.geo_frame is not None and result.success and result.cam_from_world is not None:
+            result.geo = geo_pose(result.cam_from_world, result.covariance, self.geo_frame)
+        return result
 
     def _prior(self, prior: Prior | LocalizationResult | None) -> Prior | None:
         return Prior.from_result(prior, self.prior_radius) if isinstance(prior, LocalizationResult) else prior

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pycolmap
+
+if TYPE_CHECKING:
+    from vloc.localization.geo import GeoPose
 
 
 @dataclass
@@ -30,6 +34,7 @@ class LocalizationResult:
     points2D: np.ndarray | None = None
     point3D_ids: np.ndarray | None = None
     inlier_mask: np.ndarray | None = None
+    geo: GeoPose | None = None  # set for a localized query on a geo-registered map (``map build --gps``)
 
     @property
     def inlier_ratio(self) -> float:
@@ -61,6 +66,8 @@ class LocalizationResult:
         if self.camera is not None:
             d["camera"] = dict(model=self.camera.model.name, width=self.camera.width,
                                height=self.camera.height, params=[float(p) for p in self.camera.params])
+        if self.geo is not None:  # a map without GPS answers without the field
+            d["geo"] = self.geo.to_dict()
         if details:
             d["uncertainty"] = self.uncertainty()
             if self.points2D is not None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pycolmap
 
 from vloc.config import Preset, fallback_preset
+from vloc.io.gps import GpsFix, read_gps
 from vloc.io.images import list_images
 from vloc.io.text import data_lines
 from vloc.mapping import match as matching
@@ -40,8 +41,9 @@ from vloc.mapping.cameras import (
 from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
 from vloc.mapping.faults import guarded, map_lock, work_lock
+from vloc.mapping.georegister import georegister
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
-from vloc.mapping.map_dir import FALLBACK_DIR, atomic_map_dir, write_map
+from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import guided_views, match_stage, pairs_stage, read_whitening
 from vloc.mapping.mapper import CHECKPOINT_SECONDS, Mapper, choose_mapper, parse_mapper
 from vloc.mapping.reconstruct import (
@@ -83,6 +85,8 @@ class _Plan:
     overwrite: bool
     given: dict[str, pycolmap.Camera] | None
     refine: tuple[bool, bool, bool]
+    gps: dict[str, GpsFix] | None = None  # name -> position, for --gps
+    gps_source: str = ""
 
 
 def build_map(
@@ -90,7 +94,7 @@ def build_map(
     mapper: Mapper | str = Mapper.AUTO, skip_bad_images: bool = False, overwrite: bool = False,
     cameras: Cameras | None = None, refine_intrinsics: RefineIntrinsics | str | None = None, *,
     work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
-    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS, gps: str | Path | None = None,
 ) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
@@ -110,9 +114,14 @@ def build_map(
     ``mapper``: ``auto`` (:func:`~vloc.mapping.mapper.choose_mapper`), ``incremental`` or ``global``;
     the incremental mapper writes its model every ``checkpoint_seconds`` into the work directory,
     and a rerun after a kill goes on from there (:mod:`vloc.mapping.mapper`).
+    ``gps``: ``"exif"`` or a file of ``name lat lon alt [sigma]`` lines; the finished model is moved
+    by a similarity onto those positions, in east-north-up metres about their median, recorded in
+    the manifest's ``geo`` (:mod:`vloc.mapping.georegister`).
     """
     plan = _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, overwrite, cameras,
                  refine_intrinsics, work)
+    if gps is not None:
+        plan = dataclasses.replace(plan, gps=read_gps(gps, plan.images, plan.names), gps_source=str(gps))
     with guarded("map build", plan.out, plan.work, existed=plan.out.exists()), map_lock(plan.out):
         if plan.out.exists() and not overwrite:  # written by another build since _plan looked
             raise FileExistsError(f"{plan.out}: already exists (pass --overwrite to replace it)")
@@ -228,6 +237,7 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
         model.complete()
     t = lap(seconds, "triangulate" if ref is not None else "sfm", t)
 
+    geo = None if plan.gps is None else georegister(rec, plan.gps, plan.gps_source)
     registered = sorted(im.name for im in rec.images.values() if im.has_pose)
     source = Source(mode=mode, reference=str(plan.reference) if plan.reference else None,
                     images=str(plan.images.resolve()),  # where `vloc map adapt` finds them
@@ -240,9 +250,11 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
                              read_whitening(pairs.directory), preset.to_dict(), source)
         t = lap(seconds, "write", t)
         if layer is not None:
-            _build_fallback_layer(plan, layer, model.directory / RECONSTRUCTION, tmp, executor)
+            # the layer takes the map's poses: geo-registered ones when --gps moved the model
+            posed = tmp / MODEL_DIR if geo is not None else model.directory / RECONSTRUCTION
+            _build_fallback_layer(plan, layer, posed, tmp, executor)
             lap(seconds, "fallback layer", t)
-        manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()})
+        manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()}, geo=geo)
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", plan.out, manifest.summary)
     return manifest

@@ -13,11 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import pycolmap
 
+from vloc.io.gps import EnuFrame, GpsFix
+from vloc.mapping.manifest import GeoInfo
 from vloc.mapping.mapper import RANDOM_SEED
 
 logger = logging.getLogger(__name__)
 
 MIN_GPS_IMAGES = 3  # a similarity has 7 degrees of freedom: 3 non-collinear positions
+GPS_MAX_ERROR_M = 10.0  # a position farther than this from the fitted map is an outlier (phone GPS: ~5 m)
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,23 @@ def fit_to_gps(centres: dict[str, np.ndarray], enu: dict[str, np.ndarray], *,
         logger.info("GPS fit: %d of %d positions beyond %.1f m, left out: %s", len(outliers), len(names),
                     max_error_m, ", ".join(outliers))
     return GeoFit(sim, {n: float(r) for n, r in zip(names, residuals, strict=True)}, outliers, max_error_m)
+
+
+def georegister(model: pycolmap.Reconstruction, fixes: dict[str, GpsFix], source: str, *,
+                max_error_m: float = GPS_MAX_ERROR_M) -> GeoInfo:
+    """Move ``model`` (in place) into east-north-up metres about its images' median GPS position,
+    by the similarity :func:`fit_to_gps` finds; what the manifest records of it."""
+    frame = EnuFrame.around(list(fixes.values()))
+    names = list(fixes)
+    enu = dict(zip(names, frame.fixes_to_enu([fixes[n] for n in names]), strict=True))
+    centres = {im.name: im.projection_center() for im in model.images.values() if im.has_pose}
+    fit = fit_to_gps(centres, enu, max_error_m=max_error_m)
+    model.transform(fit.enu_from_model)
+    inlier_residuals = [fit.residuals_m[n] for n in fit.inliers]
+    logger.info("geo-registered with %d GPS positions (%s): median %.2f m, largest %.2f m, %d outliers",
+                len(fit.residuals_m), source, float(np.median(inlier_residuals)), max(inlier_residuals),
+                len(fit.outliers))
+    return GeoInfo(latitude=frame.latitude, longitude=frame.longitude, altitude=frame.altitude, source=source,
+                   images_with_gps=len(fit.residuals_m), outliers=fit.outliers, max_error_m=max_error_m,
+                   median_residual_m=round(float(np.median(inlier_residuals)), 3),
+                   max_residual_m=round(max(inlier_residuals), 3), scale=float(fit.enu_from_model.scale))

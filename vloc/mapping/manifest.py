@@ -59,6 +59,23 @@ class IndexInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GeoInfo:
+    """A geo-registered map (``map build --gps``): its frame is east-north-up metres about this
+    WGS84 origin, fitted to the images' GPS positions with a similarity."""
+
+    latitude: float
+    longitude: float
+    altitude: float
+    source: str  # "exif" or the GPS file
+    images_with_gps: int  # registered images that had a position
+    outliers: list[str] = field(default_factory=list)  # positions farther than max_error_m from the fit
+    max_error_m: float = 0.0
+    median_residual_m: float = 0.0  # camera centre to GPS position, over the inliers
+    max_residual_m: float = 0.0  # the same, largest inlier
+    scale: float = 1.0  # metres per unit of the model before registration
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     preset: dict[str, Any]  # the full Preset (``Preset.to_dict``) the map was built with
     source: Source
@@ -69,6 +86,7 @@ class Manifest:
     adaptation: dict[str, Any] | None = None  # set by `vloc map adapt`
     build_seconds: dict[str, float] = field(default_factory=dict)  # per build stage, when built by `vloc map build`
     extensions: list[dict[str, Any]] = field(default_factory=list)  # one entry per `vloc map extend`
+    geo: GeoInfo | None = None  # set when built with --gps; absent from the file otherwise
     format_version: int = FORMAT_VERSION
     vloc_version: str = __version__
     pycolmap_version: str = ""
@@ -84,6 +102,8 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["geo"] is None:
+            del d["geo"]  # maps without GPS stay readable by a vloc that predates the field
         if d["prior_radius"] == float("inf"):
             d["prior_radius"] = None  # JSON has no infinity (a map of one image)
         return d
@@ -93,6 +113,8 @@ class Manifest:
         try:
             d = dict(d, source=_typed(Source, d["source"], where), counts=_typed(Counts, d["counts"], where),
                      index=_typed(IndexInfo, d["index"], where))
+            if d.get("geo") is not None:
+                d["geo"] = _typed(GeoInfo, d["geo"], where)
             if d.get("prior_radius") is None:
                 d["prior_radius"] = float("inf")
             return _typed(Manifest, d, where)

@@ -116,6 +116,15 @@ class Uncertainty(BaseModel):
     rotation_sigma_deg: float
 
 
+class GeoAnswer(BaseModel):
+    latitude: float = Field(description="WGS84 degrees")
+    longitude: float = Field(description="WGS84 degrees")
+    altitude: float = Field(description="metres, as the map's GPS source gave them")
+    heading_deg: float = Field(description="compass bearing of the optical axis: 0 north, 90 east")
+    horizontal_sigma_m: float | None = Field(description="1-sigma horizontal position (root of the east and "
+                                             "north variances), from the pose covariance")
+
+
 class LocalizeResponse(BaseModel):
     """A localization result. An image that decodes but cannot be localized is a 200 with status
     ``failed`` and a reason, and no pose (an image that does not decode is a 422)."""
@@ -137,6 +146,8 @@ class LocalizeResponse(BaseModel):
     cam_from_world: Pose | None
     covariance: list[list[float]] | None = Field(description="6x6, rotation then translation")
     map: str = Field(description="the map that localized it")
+    geo: GeoAnswer | None = Field(None, description="the pose in WGS84, for a map built with --gps; "
+                                  "null for other maps and failed queries")
 
 
 class ErrorBody(BaseModel):
