@@ -41,8 +41,8 @@ def timed(cmd: list[str]) -> tuple[float, str]:
     return time.perf_counter() - t, proc.stderr
 
 
-def killed_build(cmd: list[str], checkpoint: Path, wanted: int) -> tuple[float, int]:
-    """Run ``cmd`` and SIGKILL it once a checkpoint of ``wanted`` or more images is on disk."""
+def killed_build(cmd: list[str], wanted: int) -> tuple[float, int]:
+    """Run ``cmd`` and SIGKILL it once its log says a checkpoint of ``wanted`` or more images is written."""
     t = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
@@ -85,7 +85,7 @@ def main() -> None:
         work = tmp / "work"
         shutil.copytree(full_work, work, ignore=shutil.ignore_patterns("model", ".lock"))
         cmd = build_cmd(images, names, tmp / "resumed", work, args.checkpoint_every)
-        kill_s, kept = killed_build(cmd, work / "model" / "checkpoint", int(args.kill_at * len(frames)))
+        kill_s, kept = killed_build(cmd, int(args.kill_at * len(frames)))
         rerun_s, rerun_log = timed(cmd)
         resumed = pycolmap.Reconstruction(str(tmp / "resumed" / "model"))
         said = re.findall(r"SfM resumes from the checkpoint in .*", rerun_log)

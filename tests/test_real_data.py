@@ -138,7 +138,8 @@ def test_eval_and_info_commands(kitti, kitti_map, tmp_path, capsys):
 def test_lund_sfm_from_scratch_registers_almost_all_geo_registered(tmp_path, capsys):
     from conftest import prepared
 
-    from vloc.io.gps import EnuFrame, read_exif_gps
+    from vloc.io.gps import read_exif_gps
+    from vloc.localization.geo import map_frame
 
     lund = prepared("lund")
     out = tmp_path / "lund"
@@ -151,7 +152,7 @@ def test_lund_sfm_from_scratch_registers_almost_all_geo_registered(tmp_path, cap
     # issue 26: the map is in east-north-up metres about the photos' GPS; centres near their EXIF fixes
     geo = data.manifest.geo
     assert geo is not None and geo.source == "exif" and geo.images_with_gps == data.reconstruction.num_reg_images()
-    frame = EnuFrame(latitude=geo.latitude, longitude=geo.longitude, altitude=geo.altitude)
+    frame = map_frame(data.manifest)
     images = [im for im in data.reconstruction.images.values() if im.has_pose]
     gps = frame.fixes_to_enu([read_exif_gps(lund.images / im.name) for im in images])
     offset = np.array([im.projection_center() for im in images]) - gps

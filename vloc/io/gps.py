@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 _GPS_IFD = 0x8825
 # EXIF GPS tag ids
-_LAT_REF, _LAT, _LON_REF, _LON, _ALT_REF, _ALT, _DOP = 1, 2, 3, 4, 5, 6, 11
+_LAT_REF, _LAT, _LON_REF, _LON, _ALT_REF, _ALT = 1, 2, 3, 4, 5, 6
 
 
 @dataclass(frozen=True, kw_only=True)

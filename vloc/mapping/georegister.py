@@ -35,14 +35,15 @@ class GeoFit:
 
     @property
     def inliers(self) -> list[str]:
-        return [n for n in self.residuals_m if n not in set(self.outliers)]
+        outliers = set(self.outliers)
+        return [n for n in self.residuals_m if n not in outliers]
 
     def median_residual_m(self) -> float:
         return float(np.median([self.residuals_m[n] for n in self.inliers]))
 
 
 def fit_to_gps(centres: dict[str, np.ndarray], enu: dict[str, np.ndarray], *,
-               max_error_m: float = 10.0) -> GeoFit:
+               max_error_m: float = GPS_MAX_ERROR_M) -> GeoFit:
     """Fit ``enu ~ s R centre + t`` over the names both dicts hold (camera centres in the model's
     frame, GPS positions in metres). Raises ``ValueError`` when fewer than ``MIN_GPS_IMAGES`` images
     have both, when they are (nearly) collinear, or when no similarity has 3 inliers."""
@@ -84,11 +85,11 @@ def georegister(model: pycolmap.Reconstruction, fixes: dict[str, GpsFix], source
     centres = {im.name: im.projection_center() for im in model.images.values() if im.has_pose}
     fit = fit_to_gps(centres, enu, max_error_m=max_error_m)
     model.transform(fit.enu_from_model)
-    inlier_residuals = [fit.residuals_m[n] for n in fit.inliers]
+    median = fit.median_residual_m()
+    largest = max(fit.residuals_m[n] for n in fit.inliers)
     logger.info("geo-registered with %d GPS positions (%s): median %.2f m, largest %.2f m, %d outliers",
-                len(fit.residuals_m), source, float(np.median(inlier_residuals)), max(inlier_residuals),
-                len(fit.outliers))
+                len(fit.residuals_m), source, median, largest, len(fit.outliers))
     return GeoInfo(latitude=frame.latitude, longitude=frame.longitude, altitude=frame.altitude, source=source,
                    images_with_gps=len(fit.residuals_m), outliers=fit.outliers, max_error_m=max_error_m,
-                   median_residual_m=round(float(np.median(inlier_residuals)), 3),
-                   max_residual_m=round(max(inlier_residuals), 3), scale=float(fit.enu_from_model.scale))
+                   median_residual_m=round(median, 3), max_residual_m=round(largest, 3),
+                   scale=float(fit.enu_from_model.scale))
