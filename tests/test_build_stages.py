@@ -87,13 +87,13 @@ class Interrupt:
 def interrupt_in_database(monkeypatch):
     real = reconstruct_module.write_database
 
-    def failing(path, cameras, images, keypoints, matches):
+    def failing(path, cameras, images, keypoints, matches, *args, **kwargs):
         def some():
             for k, item in enumerate(matches):
                 if k == 5:
                     raise KeyboardInterrupt
                 yield item
-        real(path, cameras, images, keypoints, some())
+        real(path, cameras, images, keypoints, some(), *args, **kwargs)
     monkeypatch.setattr(reconstruct_module, "write_database", failing)
 
 

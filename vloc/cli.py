@@ -48,7 +48,8 @@ def cmd_map_build(args: argparse.Namespace) -> int:
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
                          cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
                          work=args.work, workers=args.workers, ray=args.ray,
-                         checkpoint_seconds=args.checkpoint_every, gps=args.gps)
+                         checkpoint_seconds=args.checkpoint_every, gps=args.gps, rig=args.rig,
+                         refine_rigs=args.refine_rigs)
     print(f"{args.out}: {manifest.summary}")
     return 0
 
@@ -137,6 +138,17 @@ def cmd_localize(args: argparse.Namespace) -> int:
 
     queries = read_queries(args.queries)
     localizer = Localizer.load(args.map, args.preset)
+    if args.rig is not None:
+        from vloc.io.rigs import read_rig
+        from vloc.io.text import data_lines
+        from vloc.localization.batch import localize_rig_queries
+
+        where = {fields[0]: at for at, fields in data_lines(args.queries, "query list")}
+        layout = read_rig(args.rig, [q.name for q in queries], every_camera_used=False)
+        rigs = localize_rig_queries(localizer, layout, queries, where, args.images, args.out)
+        print(f"localized {sum(r.success for r in rigs)}/{len(rigs)} rig captures; poses: {args.out}; "
+              f"log: {log_path_for(args.out)}")
+        return 0
     results = localize_queries(localizer, queries, args.images, args.out)
     ok = sum(r.success for r in results)
     print(f"localized {ok}/{len(results)}; poses: {args.out}; log: {log_path_for(args.out)}")
@@ -338,7 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sequential", type=int, help="also pair each image with its N successors by name")
     b.add_argument("--gps", metavar="exif|FILE", help="geo-register the map: GPS positions from the images' EXIF or "
                    "from FILE ('name lat lon alt [horizontal_sigma_m]' lines); the map becomes east-north-up metres "
-                   "about their median, fitted by a similarity (LO-RANSAC, positions beyond 10 m named as outliers)")
+                   "about their median; SfM takes them as pose priors (sigma: the file's, else 5 m), then a "
+                   "similarity (LO-RANSAC, positions beyond 10 m named as outliers) places the model")
+    b.add_argument("--rig", type=Path, metavar="FILE", help="multi-camera rig: kapture rigs.txt (with the dataset's "
+                   "records_camera.txt beside it) or COLMAP rig configuration JSON; each capture's images are kept "
+                   "at the calibrated relative poses (README 'Rigs')")
+    b.add_argument("--refine-rigs", action="store_true", help="SfM refines the rigs' relative poses (default: kept)")
     b.add_argument("--camera", help='intrinsics of every image (SfM): "MODEL WIDTH HEIGHT PARAMS..." '
                    '(COLMAP model names and parameter order)')
     b.add_argument("--cameras", type=Path, help="per-image intrinsics (SfM): 'name MODEL WIDTH HEIGHT PARAMS...' "
@@ -401,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--images", type=Path, required=True)
     loc.add_argument("--out", type=Path, required=True, help="pose list; the JSON log goes beside it")
     loc.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
+    loc.add_argument("--rig", type=Path, metavar="FILE", help="the queries are rig captures (kapture rigs.txt with "
+                     "records_camera.txt beside it, or COLMAP rig JSON): each capture is localized as one body")
     loc.set_defaults(func=cmd_localize)
 
     rp = sub.add_parser("report", help="one self-contained HTML page of a localization run (its JSON log beside "

@@ -10,7 +10,9 @@ from tqdm import tqdm
 from vloc.io.cameras import Query
 from vloc.io.files import write_text_atomic
 from vloc.io.poses import write_poses
+from vloc.io.rigs import RigLayout
 from vloc.localization.localizer import LocalizationResult, Localizer
+from vloc.localization.rig import RigLocalizationResult
 
 logger = logging.getLogger(__name__)
 
@@ -37,5 +39,53 @@ def localize_queries(
                preset=localizer.preset.name, images=str(Path(image_dir).resolve()),
                localized=sum(r.success for r in results), total=len(results),
                queries=[r.to_dict(details=True) for r in results])
+    write_text_atomic(log_path_for(out), json.dumps(log, indent=1))
+    return results
+
+
+def rig_queries(layout: RigLayout, queries: list[Query], where: dict[str, str]) -> list[tuple[str, dict[str, Query]]]:
+    """The queries grouped into rig captures: (capture key, camera name -> query). Raises with
+    the query list's file and line for a capture without an image of one of its rig's cameras,
+    and for a query in no capture."""
+    by_name = {q.name: q for q in queries}
+    grouped, seen = [], set()
+    for capture in layout.captures:
+        rig = layout.rigs[capture.rig]
+        first = where[next(iter(capture.images.values()))]
+        missing = [c for c in rig.sensors if c not in capture.images]
+        if missing:
+            raise ValueError(f"{first}: rig capture {capture.key!r} of {rig.name!r} has no image from camera(s) "
+                             f"{missing} ({layout.source})")
+        grouped.append((f"{capture.rig}/{capture.key}", {c: by_name[n] for c, n in capture.images.items()}))
+        seen.update(capture.images.values())
+    alone = [q.name for q in queries if q.name not in seen]
+    if alone:
+        raise ValueError(f"{where[alone[0]]}: {alone[0]} is in no capture of {layout.source}")
+    return grouped
+
+
+def localize_rig_queries(localizer: Localizer, layout: RigLayout, queries: list[Query], where: dict[str, str],
+                         image_dir: Path, out: Path) -> list[RigLocalizationResult]:
+    """``vloc localize --rig``: each capture localized as one rig; the pose list holds every
+    camera's pose (image name -> cam_from_world), the log each rig's result."""
+    captures = rig_queries(layout, queries, where)
+    results = []
+    for key, members in tqdm(captures, desc="localize rig", unit="capture"):
+        rig = layout.rigs[key.split("/", 1)[0]]
+        result = localizer.localize_rig({c: image_dir / q.name for c, q in members.items()}, rig,
+                                        {c: q.camera for c, q in members.items() if q.camera is not None}, name=key)
+        for camera, res in result.cameras.items():
+            res.name = members[camera].name
+        if result.success:
+            logger.info("%s: localized, %d/%d inliers over %d cameras", key, result.num_inliers, result.num_matches,
+                        len(members))
+        else:
+            logger.warning("%s: failed: %s", key, result.reason)
+        results.append(result)
+    write_poses(out, {r.name: r.cam_from_world for rig in results for r in rig.cameras.values() if r.success})
+    log = dict(map=str(localizer.map_dir.resolve()), map_created=localizer.manifest.created,
+               preset=localizer.preset.name, images=str(Path(image_dir).resolve()), rig=layout.to_dict(),
+               localized=sum(r.success for r in results), total=len(results),
+               captures=[r.to_dict() for r in results])
     write_text_atomic(log_path_for(out), json.dumps(log, indent=1))
     return results

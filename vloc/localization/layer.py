@@ -79,6 +79,16 @@ class Layer:
                 break
         return res
 
+    def correspondences(self, feats: Features, raw_global: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The first retrieval's map images and the query's 2D-3D matches to their points: names,
+        ``(N, 2)`` keypoints (COLMAP's pixel convention) and ``(N,)`` point3D ids (rig
+        localization pools these over cameras before one pose estimate)."""
+        query = self.retriever.whiten(raw_global)
+        _, rows, _ = self.retriever.retrievals(query, self.preset.pose.num_retrieved, None)[0]
+        pairs = self.matching(feats, rows) if len(feats) else np.zeros((0, 2), np.int64)
+        return ([self.store.name(int(r)) for r in rows], feats.keypoints[pairs[:, 0]],
+                np.asarray(pairs[:, 1], np.int64))
+
     def _match_and_estimate(self, res: LocalizationResult, feats: Features, camera: pycolmap.Camera,
                             rows: np.ndarray) -> None:
         """Fill ``res`` from matching ``feats`` to the points of the images ``rows``."""

@@ -31,10 +31,12 @@ from vloc.features import Features
 from vloc.io.cameras import camera_from_dict, initial_camera
 from vloc.io.images import ImageReadError, exif_focal_px, read_image
 from vloc.io.poses import rotation_angle_deg
+from vloc.io.rigs import Rig
 from vloc.localization.geo import geo_pose, map_frame
 from vloc.localization.layer import Layer
 from vloc.localization.models import ModelCache
 from vloc.localization.result import LocalizationResult, Prior
+from vloc.localization.rig import RigLocalizationResult, localize_rig
 from vloc.mapping.map_dir import FALLBACK_DIR, MapFormatError
 from vloc.retrieval import make_global_model
 
@@ -157,6 +159,31 @@ class Localizer:
             result = self.layer.localize(None, camera, "given", name, np.asarray(global_descriptor, np.float32),
                                          self._prior(prior), feats=features)
         return self._with_geo(result)
+
+    def localize_rig(self, images: dict[str, ImageInput], rig: Rig,
+                     cameras: dict[str, pycolmap.Camera | dict] | None = None,
+                     name: str = "rig") -> RigLocalizationResult:
+        """Localize the images one rig capture holds, together (:mod:`vloc.localization.rig`).
+
+        Args:
+            images: camera name -> image (as :meth:`localize` takes it), one for every camera of ``rig``.
+            rig: the cameras' poses on the rig (:class:`vloc.io.rigs.Rig`, from ``read_rig``).
+            cameras: camera name -> intrinsics; a camera not named takes its EXIF focal length.
+        Raises:
+            ValueError: a camera of the rig without an image (or an image of no camera of it),
+                intrinsics that cannot be had; ImageReadError: an image that does not decode.
+        """
+        with self._lock:
+            result = localize_rig(self, images, rig, cameras, name)
+        if self.geo_frame is not None and result.success:
+            result.geo = geo_pose(result.rig_from_world, result.covariance, self.geo_frame)
+            for res in result.cameras.values():
+                self._with_geo(res)
+        return result
+
+    def global_descriptor(self, image: np.ndarray) -> np.ndarray:
+        """The raw ``(D_g,)`` global descriptor of an ``(H, W[, 3])`` uint8 image for the first layer."""
+        return self._global_models[self.layer.global_conf](image)
 
     def _with_geo(self, result: LocalizationResult) -> LocalizationResult:
         """A localized result on a geo-registered map gets its position in WGS84."""

@@ -24,8 +24,9 @@ from pathlib import Path
 import pycolmap
 
 from vloc.config import Preset, fallback_preset
-from vloc.io.gps import GpsFix, read_gps
+from vloc.io.gps import EnuFrame, GpsFix, read_gps
 from vloc.io.images import list_images
+from vloc.io.rigs import RigLayout, read_rig
 from vloc.io.text import data_lines
 from vloc.mapping import match as matching
 from vloc.mapping.cameras import (
@@ -41,11 +42,12 @@ from vloc.mapping.cameras import (
 from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
 from vloc.mapping.faults import guarded, map_lock, work_lock
-from vloc.mapping.georegister import georegister
+from vloc.mapping.georegister import georegister, position_priors
 from vloc.mapping.manifest import Manifest, Source, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
 from vloc.mapping.match import guided_views, match_stage, pairs_stage, read_whitening
 from vloc.mapping.mapper import CHECKPOINT_SECONDS, Mapper, choose_mapper, parse_mapper
+from vloc.mapping.rigs import rig_reconstruction, sfm_rigs
 from vloc.mapping.reconstruct import (
     RECONSTRUCTION,
     reference_key,
@@ -87,6 +89,8 @@ class _Plan:
     refine: tuple[bool, bool, bool]
     gps: dict[str, GpsFix] | None = None  # name -> position, for --gps
     gps_source: str = ""
+    rig: RigLayout | None = None  # --rig
+    refine_rigs: bool = False
 
 
 def build_map(
@@ -95,6 +99,7 @@ def build_map(
     cameras: Cameras | None = None, refine_intrinsics: RefineIntrinsics | str | None = None, *,
     work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS, gps: str | Path | None = None,
+    rig: str | Path | None = None, refine_rigs: bool = False,
 ) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
@@ -114,14 +119,21 @@ def build_map(
     ``mapper``: ``auto`` (:func:`~vloc.mapping.mapper.choose_mapper`), ``incremental`` or ``global``;
     the incremental mapper writes its model every ``checkpoint_seconds`` into the work directory,
     and a rerun after a kill goes on from there (:mod:`vloc.mapping.mapper`).
-    ``gps``: ``"exif"`` or a file of ``name lat lon alt [sigma]`` lines; the finished model is moved
-    by a similarity onto those positions, in east-north-up metres about their median, recorded in
-    the manifest's ``geo`` (:mod:`vloc.mapping.georegister`).
+    ``gps``: ``"exif"`` or a file of ``name lat lon alt [sigma]`` lines; SfM takes them as pose
+    priors (:func:`~vloc.mapping.georegister.position_priors`), and the finished model is moved
+    by a similarity onto those positions (after SfM with priors: close to the identity; known
+    poses: the whole registration), in east-north-up metres about their median, recorded in the
+    manifest's ``geo`` (:mod:`vloc.mapping.georegister`).
+    ``rig``: a kapture ``rigs.txt`` or COLMAP rig JSON (:mod:`vloc.io.rigs`): the model holds
+    COLMAP rigs and frames, each capture moves as one body (known poses: they must agree with
+    the calibration; SfM keeps it unless ``refine_rigs``), :mod:`vloc.mapping.rigs`.
     """
     plan = _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, overwrite, cameras,
                  refine_intrinsics, work)
     if gps is not None:
         plan = dataclasses.replace(plan, gps=read_gps(gps, plan.images, plan.names), gps_source=str(gps))
+    if rig is not None:
+        plan = dataclasses.replace(plan, rig=read_rig(rig, plan.names), refine_rigs=refine_rigs)
     with guarded("map build", plan.out, plan.work, existed=plan.out.exists()), map_lock(plan.out):
         if plan.out.exists() and not overwrite:  # written by another build since _plan looked
             raise FileExistsError(f"{plan.out}: already exists (pass --overwrite to replace it)")
@@ -193,6 +205,9 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
     t = lap(seconds, "pairs", t)
 
     ref = pycolmap.Reconstruction(str(plan.reference)) if plan.reference is not None else None
+    if ref is not None and plan.rig is not None:
+        ref = rig_reconstruction(ref, plan.rig)
+    rig_key = {} if plan.rig is None else {"rig": digest(plan.rig.to_dict()), "refine_rigs": plan.refine_rigs}
     views = guided_views(preset.matcher, ref)
     guided = {} if views is None else {"guided_by": reference_key(ref)}
     matches = Stage.open(work, "matches", {"pairs": pairs.key, "matcher": asdict(preset.matcher),
@@ -204,20 +219,27 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
 
     if ref is not None:
         database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
-                                                 "reference": reference_key(ref)}, overwrite)
+                                                 "reference": reference_key(ref), **rig_key}, overwrite)
         if not database.done:
             triangulation_database(database, ref, extract.directory, pairs.directory, matches.directory,
                                    preset.verify)
             database.complete()
     else:
         cameras, camera_of = _sfm_cameras(plan, extract.directory, names)
+        rigs_and_frames = None
+        if plan.rig is not None:
+            cameras, camera_of, rigs_and_frames = sfm_rigs(plan.rig, names, cameras, camera_of)
+        priors = None if plan.gps is None else position_priors(plan.gps, EnuFrame.around(list(plan.gps.values())))
         database = Stage.open(work, "database", {
             "matches": matches.key, "verify": asdict(preset.verify),
             "cameras": {k: [c.model.name, c.width, c.height, list(map(float, c.params)), c.has_prior_focal_length]
-                        for k, c in cameras.items()}, "camera_of": digest(camera_of)}, overwrite)
+                        for k, c in cameras.items()}, "camera_of": digest(camera_of),
+            **({} if plan.gps is None else {"gps_priors": digest({n: asdict(f) for n, f in plan.gps.items()})}),
+            **rig_key},
+            overwrite)
         if not database.done:
             sfm_database(database, cameras, camera_of, extract.directory, pairs.directory, matches.directory,
-                         preset.verify)
+                         preset.verify, position_priors=priors, rigs_and_frames=rigs_and_frames)
             database.complete()
     t = lap(seconds, "verify", t)
 
@@ -233,7 +255,7 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
             rec = triangulate(model, ref, set(names), database.directory, plan.images)
         else:
             rec = sfm(model, database.directory, plan.images, mapper, preset.mapper, plan.refine, len(names),
-                      checkpoint_seconds)
+                      checkpoint_seconds, position_priors=plan.gps is not None, refine_rigs=plan.refine_rigs)
         model.complete()
     t = lap(seconds, "triangulate" if ref is not None else "sfm", t)
 

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 MIN_GPS_IMAGES = 3  # a similarity has 7 degrees of freedom: 3 non-collinear positions
 GPS_MAX_ERROR_M = 10.0  # a position farther than this from the fitted map is an outlier (phone GPS: ~5 m)
+GPS_DEFAULT_SIGMA_M = 5.0  # horizontal 1-sigma of a fix that states none (EXIF): a phone's typical error
+GPS_VERTICAL_FACTOR = 2.0  # GNSS heights are about twice as uncertain as horizontal positions
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,19 @@ class GeoFit:
 
     def median_residual_m(self) -> float:
         return float(np.median([self.residuals_m[n] for n in self.inliers]))
+
+
+def position_priors(fixes: dict[str, GpsFix], frame: EnuFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each fix as an SfM pose prior: its position in ``frame`` (metres) and a diagonal covariance
+    from its horizontal sigma (``GPS_DEFAULT_SIGMA_M`` when it states none; vertical
+    ``GPS_VERTICAL_FACTOR`` times that)."""
+    names = list(fixes)
+    enu = frame.fixes_to_enu([fixes[n] for n in names])
+    priors = {}
+    for name, position in zip(names, enu, strict=True):
+        sigma = fixes[name].horizontal_sigma or GPS_DEFAULT_SIGMA_M
+        priors[name] = (position, np.diag([sigma**2, sigma**2, (GPS_VERTICAL_FACTOR * sigma) ** 2]))
+    return priors
 
 
 def fit_to_gps(centres: dict[str, np.ndarray], enu: dict[str, np.ndarray], *,

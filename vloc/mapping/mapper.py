@@ -52,8 +52,16 @@ def choose_mapper(mapper: Mapper, num_images: int) -> Mapper:
     return Mapper.INCREMENTAL
 
 
-def incremental_options(conf: MapperConf, refine: tuple[bool, bool, bool]) -> pycolmap.IncrementalPipelineOptions:
+def incremental_options(conf: MapperConf, refine: tuple[bool, bool, bool], position_priors: bool = False,
+                        refine_rigs: bool = False) -> pycolmap.IncrementalPipelineOptions:
+    """``position_priors``: global bundle adjustments align the model to the database's pose priors
+    and keep each camera centre near its prior (a robust loss: a wrong fix cannot pull hard).
+    ``refine_rigs``: bundle adjustment refines multi-camera rigs' sensor_from_rig (COLMAP's
+    default; vloc's keeps a given calibration)."""
     options = pycolmap.IncrementalPipelineOptions()
+    options.ba_refine_sensor_from_rig = refine_rigs
+    options.use_prior_position = position_priors
+    options.use_robust_loss_on_prior_position = position_priors
     options.random_seed = RANDOM_SEED
     options.ba_refine_focal_length, options.ba_refine_principal_point, options.ba_refine_extra_params = refine
     for key, value in dataclasses.asdict(conf).items():
@@ -62,10 +70,11 @@ def incremental_options(conf: MapperConf, refine: tuple[bool, bool, bool]) -> py
     return options
 
 
-def global_options(refine: tuple[bool, bool, bool]) -> pycolmap.GlobalPipelineOptions:
+def global_options(refine: tuple[bool, bool, bool], refine_rigs: bool = False) -> pycolmap.GlobalPipelineOptions:
     options = pycolmap.GlobalPipelineOptions()
     options.random_seed = RANDOM_SEED
     ba = options.mapper.bundle_adjustment
+    ba.refine_sensor_from_rig = refine_rigs
     ba.refine_focal_length, ba.refine_principal_point, ba.refine_extra_params = refine
     return options
 

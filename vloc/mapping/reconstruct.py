@@ -58,8 +58,9 @@ def _keypoints(extract_dir: Path, ids: dict[str, int], extracted: set[str]) -> I
 
 def triangulation_database(stage: Stage, reference: pycolmap.Reconstruction, extract_dir: Path, pairs_dir: Path,
                            matches_dir: Path, verify: VerifyConf) -> None:
-    """Database of ``reference``'s cameras and images, every pair checked against the known poses
-    (images of the reference that were not extracted get no keypoints)."""
+    """Database of ``reference``'s cameras and images (and its rigs and frames when a rig has
+    several cameras), every pair checked against the known poses (images of the reference that
+    were not extracted get no keypoints)."""
     names, _ = read_pairs(pairs_dir)
     by_name = {im.name: im for im in reference.images.values()}
     features = LruFeatures(lambda name: read_features(extract_dir, name))
@@ -75,18 +76,25 @@ def triangulation_database(stage: Stage, reference: pycolmap.Reconstruction, ext
             kept[0], kept[1] = kept[0] + good, kept[1] + 1
             yield a.image_id, b.image_id, m, geometry if good else None
 
+    multi_camera = any(rig.num_sensors() > 1 for rig in reference.rigs.values())
+    rigs_and_frames = (list(reference.rigs.values()), list(reference.frames.values())) if multi_camera else None
     _write(stage, lambda path: write_database(
         path, dict(reference.cameras.items()), {im.image_id: (n, im.camera_id) for n, im in by_name.items()},
-        _keypoints(extract_dir, {n: im.image_id for n, im in by_name.items()}, set(names)), verified()))
+        _keypoints(extract_dir, {n: im.image_id for n, im in by_name.items()}, set(names)), verified(),
+        rigs_and_frames=rigs_and_frames))
     logger.info("%d of %d pairs verified against the known poses", kept[0], kept[1])
 
 
 def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: list[int], extract_dir: Path,
                  pairs_dir: Path, matches_dir: Path, verify: VerifyConf, image_ids: list[int] | None = None,
-                 verified: Iterable[tuple[int, int, np.ndarray, pycolmap.TwoViewGeometry]] = ()) -> None:
+                 verified: Iterable[tuple[int, int, np.ndarray, pycolmap.TwoViewGeometry]] = (),
+                 position_priors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 rigs_and_frames: tuple[list[pycolmap.Rig], list[pycolmap.Frame]] | None = None) -> None:
     """Database of the images with ``cameras`` (``camera_of``: each image's camera id, in images.txt
     order; ``image_ids``: their ids, default 1..N); pycolmap verifies the matches. ``verified``:
-    pairs (by image id) already verified, written as they are (an extended map's own pairs)."""
+    pairs (by image id) already verified, written as they are (an extended map's own pairs).
+    ``position_priors``: image name -> (centre, covariance) in metres, COLMAP pose priors;
+    ``rigs_and_frames``: multi-camera rigs (:func:`vloc.mapping.rigs.sfm_rigs`)."""
     names, _ = read_pairs(pairs_dir)
     ids = image_ids if image_ids is not None else list(range(1, len(names) + 1))
     pairs_file = stage.directory / "verify_pairs.txt"
@@ -101,7 +109,9 @@ def sfm_database(stage: Stage, cameras: dict[int, pycolmap.Camera], camera_of: l
                         yield ids[i], ids[j], m, None
 
             write_database(path, cameras, {ids[i]: (n, camera_of[i]) for i, n in enumerate(names)},
-                           _keypoints(extract_dir, {n: ids[i] for i, n in enumerate(names)}, set(names)), raw())
+                           _keypoints(extract_dir, {n: ids[i] for i, n in enumerate(names)}, set(names)), raw(),
+                           {ids[i]: position_priors[n] for i, n in enumerate(names) if n in position_priors}
+                           if position_priors else None, rigs_and_frames)
         options = pycolmap.TwoViewGeometryOptions()
         options.ransac.max_error = verify.max_error_px
         options.min_num_inliers = verify.min_inliers
@@ -134,24 +144,30 @@ def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str]
     empty.delete_all_points2D_and_points3D()
     # (pycolmap opens the database, which writes beside it, and writes its output: a refusal is a RuntimeError)
     with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
-        rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out)
+        options = pycolmap.IncrementalPipelineOptions()
+        options.ba_refine_sensor_from_rig = False  # known poses: a rig's calibration is the reference's
+        rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out, options=options)
     save_reconstruction(stage, rec)
     return rec
 
 
 def sfm(stage: Stage, database_dir: Path, image_dir: Path, mapper: Mapper, mapper_conf: MapperConf,
         refine: tuple[bool, bool, bool], num_images: int,
-        checkpoint_seconds: float = CHECKPOINT_SECONDS) -> pycolmap.Reconstruction:
+        checkpoint_seconds: float = CHECKPOINT_SECONDS, *, position_priors: bool = False,
+        refine_rigs: bool = False) -> pycolmap.Reconstruction:
     """Incremental (checkpointed in the stage's directory) or global SfM on the verified database;
-    keeps the largest model."""
+    keeps the largest model. ``position_priors``: the database holds GPS pose priors, which the
+    incremental mapper's global bundle adjustments use (and align the model to); ``refine_rigs``:
+    bundle adjustment refines the rigs' sensor_from_rig (default: the calibration is kept)."""
     database = database_dir / DATABASE
     with native_write(stage.directory / RECONSTRUCTION):
         if mapper is Mapper.GLOBAL:
             with tempfile.TemporaryDirectory(dir=stage.directory) as out:
-                models = run_global(database, image_dir, Path(out), global_options(refine))
+                models = run_global(database, image_dir, Path(out), global_options(refine, refine_rigs))
         else:
-            models = run_incremental(database, image_dir, incremental_options(mapper_conf, refine), num_images,
-                                     stage.directory / CHECKPOINT, checkpoint_seconds)
+            options = incremental_options(mapper_conf, refine, position_priors, refine_rigs)
+            models = run_incremental(database, image_dir, options, num_images, stage.directory / CHECKPOINT,
+                                     checkpoint_seconds)
     models = [m for m in models if m.num_reg_images() > 0]
     if not models:
         raise RuntimeError(f"SfM registered no images out of {num_images}: too little overlap or texture; "
