@@ -287,6 +287,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if run_demo(args.out, args.preset) else 1
 
 
+def cmd_export_geojson(args: argparse.Namespace) -> int:
+    from vloc.report.geojson import write_geojson
+
+    count = write_geojson(args.map, args.out, args.poses)
+    print(f"{args.out}: {count} GeoJSON features")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from vloc.mapping.manifest import read_manifest
 
@@ -529,6 +537,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
     demo.add_argument("--preset", default=DEFAULT_PRESET, **presets)
     demo.set_defaults(func=cmd_demo)
+
+    export = sub.add_parser("export", help="write a map in another tool's format")
+    export_sub = export.add_subparsers(dest="format", required=True)
+    gj = export_sub.add_parser("geojson", help="a geo-registered map's cameras (and localized queries) as GeoJSON")
+    gj.add_argument("map", type=Path)
+    gj.add_argument("--poses", type=Path, help="a pose list vloc localize or vloc track wrote, in the map's frame")
+    gj.add_argument("--out", type=Path, required=True, help="the .geojson file to write")
+    gj.set_defaults(func=cmd_export_geojson)
 
     info = sub.add_parser("info", help="say what a map holds")
     info.add_argument("map", type=Path)
