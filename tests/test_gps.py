@@ -125,3 +125,39 @@ def test_geo_pose_position_heading_and_sigma():
     assert "geo" not in result.to_dict()  # a map without GPS answers without the field
     result.geo = pose
     assert result.to_dict()["geo"]["heading_deg"] == pytest.approx(90.0)
+
+
+def test_known_pose_build_geo_registered_by_a_gps_file_names_the_outlier(kitti, tmp_path):
+    """``map build --reference --gps FILE``: the reference frame moved by a similarity onto GPS
+    positions made from its own centres (a known rotation, scale and place), one of them 60 m off."""
+    from vloc.cli import main
+    from vloc.localization.geo import map_frame
+    from vloc.mapping.map_dir import load_map
+
+    ref = pycolmap.Reconstruction(str(kitti.ref_model))
+    images = sorted((im for im in ref.images.values() if im.has_pose), key=lambda im: im.name)
+    angle = np.deg2rad(35.0)
+    rotation = np.array([[np.cos(angle), 0.0, np.sin(angle)], [np.sin(angle), 0.0, -np.cos(angle)],
+                         [0.0, -1.0, 0.0]])
+    enu = np.array([2.0 * rotation @ im.projection_center() + [40.0, -15.0, 3.0] for im in images])
+    wrong = images[3].name
+    enu[3] += [60.0, 0.0, 0.0]
+    frame = EnuFrame(latitude=48.137, longitude=11.575, altitude=520.0)
+    lines = [f"{im.name} {lat:.10f} {lon:.10f} {alt:.4f} 2.0"
+             for im, (lat, lon, alt) in zip(images, frame.to_wgs84(enu), strict=True)]
+    gps = tmp_path / "gps.txt"
+    gps.write_text("# name lat lon alt sigma\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "map"
+    assert main(["map", "build", "--images", str(kitti.images), "--reference", str(kitti.ref_model),
+                 "--gps", str(gps), "--out", str(out)]) == 0
+    data = load_map(out)
+    geo = data.manifest.geo
+    assert geo.outliers == [wrong] and geo.images_with_gps == len(images)
+    # observed: scale 2 - 3e-6, residuals 4-14 mm (the file's digits and the WGS84 round trips)
+    assert geo.scale == pytest.approx(2.0, rel=1e-5) and geo.median_residual_m < 0.02
+    mapped = map_frame(data.manifest)
+    for im in data.reconstruction.images.values():
+        if im.name != wrong:  # every other camera lies on its GPS position
+            lat, lon, alt = mapped.to_wgs84(im.projection_center()[None])[0]
+            fix = next(line for line in lines if line.startswith(im.name + " ")).split()
+            assert abs(lat - float(fix[1])) < 1e-8 and abs(lon - float(fix[2])) < 1e-8

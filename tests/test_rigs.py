@@ -230,3 +230,36 @@ def test_rig_query_missing_a_camera_is_an_error(rig_map, rig_json, virtual_galle
     log = json.loads(out.with_suffix(".json").read_text())
     assert log["localized"] == 1 and log["captures"][0]["status"] == "localized"
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_service_localize_rig_route(rig_map, rig_json, virtual_gallery):
+    from test_serve import MULTIPART, multipart, post, start, stop
+
+    from vloc.io.rigs import read_rigs
+
+    rigs = read_rigs(rig_json)
+    server, thread = start(Localizer.load(rig_map), rigs=rigs)
+    try:
+        port = server.server_address[1]
+        images = {c: (virtual_gallery.images / f"{c}00224.jpg").read_bytes() for c in rigs["rig0"].sensors}
+        cameras = json.dumps({c: CAMERA for c in images})
+        status, doc = post(port, multipart({**images, "cameras": cameras, "name": "cap"}), MULTIPART, "/localize_rig")
+        assert status == 200 and doc["status"] == "localized" and doc["rig"] == "rig0", doc
+        assert set(doc["cameras"]) == set(images) and doc["num_inliers"] > 100
+        status, doc = post(port, multipart({"mapping_camera_0_": images["mapping_camera_0_"], "cameras": cameras}),
+                           MULTIPART, "/maps/default/localize_rig")
+        assert status == 400 and "no image part for camera(s) ['mapping_camera_1_']" in doc["error"]
+        status, doc = post(port, multipart({**images, "mapping_camera_1_": b"not an image", "cameras": cameras}),
+                           MULTIPART, "/localize_rig")
+        assert status == 422, doc
+        status, doc = post(port, multipart({**images, "left": b"x"}), MULTIPART, "/localize_rig")
+        assert status == 400 and "no camera of rig 'rig0'" in doc["error"]
+        status, doc = post(port, images["mapping_camera_0_"], "image/jpeg", "/localize_rig")
+        assert status == 415
+        from test_serve import call
+
+        status, _, spec = call(port, "GET", "/openapi.json", b"", {})
+        form = spec["paths"]["/localize_rig"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == sorted(images) and "/maps/{name}/localize_rig" in spec["paths"]
+    finally:
+        stop(server, thread)

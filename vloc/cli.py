@@ -231,6 +231,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from vloc.io.rigs import read_rigs
     from vloc.serve.app import ServeConf
     from vloc.serve.server import serve
 
@@ -243,7 +244,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.map, args.host, args.port, args.preset, ServeConf(
         max_bytes=args.max_bytes, queue=args.queue, timeout_s=args.timeout, body_timeout_s=args.body_timeout,
-        head_timeout_s=args.head_timeout, max_connections=args.max_connections, log_json=args.log_json))
+        head_timeout_s=args.head_timeout, max_connections=args.max_connections, log_json=args.log_json),
+        rigs=read_rigs(args.rig) if args.rig is not None else None)
     return 0
 
 
@@ -488,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "GET /health, /map, /maps, /metrics, /openapi.json")
     sv.add_argument("--map", action="append", required=True, metavar="[NAME=]DIR",
                     help="a map to serve; repeat for several (the first is the default of /localize and /map)")
+    sv.add_argument("--rig", type=Path, metavar="FILE", help="rigs (kapture rigs.txt or COLMAP rig JSON): adds POST "
+                    "/localize_rig and /maps/NAME/localize_rig, multipart with one image part per camera")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-bytes", type=int, default=20 * 2**20, help="largest request body (413 beyond)")

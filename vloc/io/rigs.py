@@ -34,7 +34,7 @@ from vloc.io.poses import rigid_from_qt
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Rig", "RigCapture", "RigLayout", "read_rig"]
+__all__ = ["Rig", "RigCapture", "RigLayout", "read_rig", "read_rigs"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,18 @@ def read_rig(path: Path | str, names: Collection[str], *, every_camera_used: boo
     return layout
 
 
+def read_rigs(path: Path | str) -> dict[str, Rig]:
+    """The rigs of ``path`` with every camera they list, without captures (``vloc serve --rig``:
+    each request names its cameras)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such rig file")
+    if path.suffix.lower() == ".json":
+        return _read_colmap_json(path, [], every_camera_used=False).rigs
+    rigs, _ = _kapture_rigs(path)
+    return {name: Rig(name, _about_reference(sensors, next(iter(sensors)))) for name, sensors in rigs.items()}
+
+
 def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -130,11 +142,8 @@ def _about_reference(sensors: dict[str, pycolmap.Rigid3d], reference: str) -> di
     return {name: sensors[name] * rig_from_reference for name in order}
 
 
-def _read_kapture(path: Path, names: Collection[str]) -> RigLayout:
-    records = path.with_name("records_camera.txt")
-    if not records.is_file():
-        raise FileNotFoundError(f"{path}: a kapture rigs.txt needs the dataset's records_camera.txt beside it "
-                                f"(which image each camera took); {records} is missing")
+def _kapture_rigs(path: Path) -> tuple[dict[str, dict[str, pycolmap.Rigid3d]], dict[str, int]]:
+    """rig id -> camera -> sensor_from_rig as the file gives them, and each rig's first line."""
     rigs: dict[str, dict[str, pycolmap.Rigid3d]] = {}
     lines: dict[str, int] = {}
     for number, row in _csv_rows(path):
@@ -151,6 +160,15 @@ def _read_kapture(path: Path, names: Collection[str]) -> RigLayout:
         lines.setdefault(rig_id, number)
     if not rigs:
         raise ValueError(f"{path}: no rig in the file")
+    return rigs, lines
+
+
+def _read_kapture(path: Path, names: Collection[str]) -> RigLayout:
+    records = path.with_name("records_camera.txt")
+    if not records.is_file():
+        raise FileNotFoundError(f"{path}: a kapture rigs.txt needs the dataset's records_camera.txt beside it "
+                                f"(which image each camera took); {records} is missing")
+    rigs, lines = _kapture_rigs(path)
     rig_of = {sensor: rig for rig, sensors in rigs.items() for sensor in sensors}
     wanted = set(names)
     grouped: dict[tuple[str, str], dict[str, str]] = {}

@@ -1,7 +1,8 @@
 """The localization service: a FastAPI application over one or more warm localizers.
 
 ``GET /health``, ``GET /map`` (the default map), ``GET /maps``, ``POST /localize`` (the default
-map), ``POST /maps/{name}/localize``, ``GET /metrics`` (Prometheus text) and ``GET
+map), ``POST /maps/{name}/localize``, with rigs (``vloc serve --rig``) ``POST /localize_rig`` and
+``POST /maps/{name}/localize_rig``, ``GET /metrics`` (Prometheus text) and ``GET
 /openapi.json`` (generated from :mod:`vloc.serve.schema`). The body of a localization is a raw
 image (camera, prior and name in the query string), ``multipart/form-data`` or JSON with
 ``image_base64`` (:mod:`vloc.serve.bodies`). A query that fails to localize is a 200 with
@@ -23,7 +24,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -38,9 +39,12 @@ from vloc import __version__
 from vloc.io.images import ImageReadError
 from vloc.io.poses import qt_from_rigid
 from vloc.localization.localizer import prepare_query
+from vloc.io.rigs import Rig
 from vloc.localization.result import LocalizationResult
+from vloc.localization.rig import RigLocalizationResult
 from vloc.serve.bodies import FIELDS, HttpError, fields_from_body
 from vloc.serve.metrics import ServiceMetrics, reason_label
+from vloc.serve.rig import check_rigs, rig_openapi, rig_request
 from vloc.serve.schema import CameraModel, ErrorBody, Health, LocalizeForm, LocalizeJSON, LocalizeResponse, MapInfo, \
     MapList, PriorModel
 
@@ -111,10 +115,11 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None, **e
 class Service:
     """The application's state: maps, limits, metrics. :meth:`app` builds the FastAPI app."""
 
-    def __init__(self, maps: dict[str, Any], conf: ServeConf = ServeConf()):
+    def __init__(self, maps: dict[str, Any], conf: ServeConf = ServeConf(), rigs: dict[str, Rig] | None = None):
         if not maps:
             raise ValueError("the service needs at least one map")
         self.conf = conf
+        self.rigs = check_rigs(rigs or {})  # POST /localize_rig when there are any (vloc serve --rig)
         self.maps = {name: ServedMap(name, loc, conf.queue) for name, loc in maps.items()}
         self.default = next(iter(self.maps))
         self.metrics = ServiceMetrics()
@@ -184,6 +189,26 @@ class Service:
         if not image:
             raise HttpError(400, "the image is empty")
         name = fields["name"] or "query"
+        def work() -> LocalizationResult:
+            try:
+                query = prepare_query(image, fields["camera"], name)
+            except ImageReadError as exc:  # not an image: the client's error, answered 422
+                raise HttpError(422, str(exc)) from None
+            except ValueError as exc:  # an image whose camera does not fit it: a failed localization
+                return LocalizationResult(name, False, str(exc))
+            return served.localizer.localize(query, None, fields["prior"], name)
+
+        result = await self._in_worker(served, arrived, work)
+        for stage, seconds in result.timings.items():
+            self.metrics.stage_seconds.labels(served.name, stage).observe(seconds)
+        self.metrics.localizations.labels(served.name, "localized" if result.success else "failed",
+                                          "" if result.success else reason_label(result.reason)).inc()
+        request.state.result = result
+        return result_json(result, served.name)
+
+    async def _in_worker(self, served: ServedMap, arrived: float, work: Callable[[], Any]) -> Any:
+        """``work()`` on the map's worker within the request deadline: 503 when the map's queue is
+        full, 504 past the deadline; an HttpError raised by ``work`` is the answer."""
         if served.in_flight >= served.limit:
             raise HttpError(503, f"map {served.name!r} is busy: {served.in_flight} localizations waiting or running "
                             f"(limit {served.limit}); retry later", {"Retry-After": "1"})
@@ -191,17 +216,14 @@ class Service:
         self.metrics.queue_depth.labels(served.name).set(served.in_flight)
         started: list[float] = []
 
-        def work() -> LocalizationResult | ImageReadError:
+        def timed() -> Any:
             started.append(time.monotonic())
             try:
-                query = prepare_query(image, fields["camera"], name)
-            except ImageReadError as exc:  # not an image: the client's error, answered 422
+                return work()
+            except HttpError as exc:
                 return exc
-            except ValueError as exc:  # an image whose camera does not fit it: a failed localization
-                return LocalizationResult(name, False, str(exc))
-            return served.localizer.localize(query, None, fields["prior"], name)
 
-        future = asyncio.get_running_loop().run_in_executor(served.worker, work)
+        future = asyncio.get_running_loop().run_in_executor(served.worker, timed)
         future.add_done_callback(lambda _: self._release(served))
         try:
             result = await asyncio.wait_for(asyncio.shield(future), max(arrived + self.conf.timeout_s - time.monotonic(),
@@ -211,21 +233,42 @@ class Service:
             raise HttpError(504, f"no answer within the {self.conf.timeout_s:g} s deadline (it was {stage})",
                             stage=stage) from None
         self.metrics.stage_seconds.labels(served.name, "queue").observe(started[0] - arrived)
-        if isinstance(result, ImageReadError):
-            raise HttpError(422, str(result))
-        for stage, seconds in result.timings.items():
-            self.metrics.stage_seconds.labels(served.name, stage).observe(seconds)
+        if isinstance(result, HttpError):
+            raise result
+        return result
+
+    async def localize_rig(self, request: Request, served: ServedMap) -> dict:
+        """``POST .../localize_rig``: one multipart part per camera of the rig (:mod:`vloc.serve.rig`)."""
+        arrived = time.monotonic()
+        kind, content_type, query = self._check_headers(request)
+        if kind != "multipart/form-data":
+            raise HttpError(415, "a rig localization is multipart/form-data: one image part per camera",
+                            {"Connection": "close"})
+        length = int(request.headers["content-length"])
+        body = await self._read_body(request, length, arrived + self.conf.body_timeout_s)
+        rig, images, cameras, name = rig_request(body, content_type, self.rigs)
+
+        def work() -> RigLocalizationResult:
+            try:
+                return served.localizer.localize_rig(images, rig, cameras, name)
+            except ImageReadError as exc:
+                raise HttpError(422, str(exc)) from None
+            except ValueError as exc:  # intrinsics that do not fit, or none to be had: a failed localization
+                return RigLocalizationResult(name, False, str(exc))
+
+        result = await self._in_worker(served, arrived, work)
         self.metrics.localizations.labels(served.name, "localized" if result.success else "failed",
                                           "" if result.success else reason_label(result.reason)).inc()
-        request.state.result = result
-        return result_json(result, served.name)
+        return dict(result.to_dict(), map=served.name, rig=rig.name)
 
-    async def answer(self, request: Request, map_name: str) -> Any:
+    async def answer(self, request: Request, map_name: str, rig: bool = False) -> Any:
         """The response to a localization request: the result, or the error as JSON (a bug is a 500,
         logged with its traceback)."""
         try:
             if map_name not in self.maps:
                 raise HttpError(404, f"no map {map_name!r}; maps: {', '.join(self.maps)}")
+            if rig:
+                return await self.localize_rig(request, self.maps[map_name])
             return await self.localize(request, self.maps[map_name])
         except HttpError as exc:
             if exc.headers.get("Connection") == "close" and await self._drained(request):
@@ -298,6 +341,19 @@ class Service:
         async def localize_named(name: str, request: Request) -> Any:
             return await self.answer(request, name)
 
+        if self.rigs:
+            rig_extra = rig_openapi(self.rigs)
+
+            @app.post("/localize_rig", responses=responses, openapi_extra=rig_extra,
+                      summary="Localize the images of one rig capture together against the default map")
+            async def localize_rig_default(request: Request) -> Any:
+                return await self.answer(request, self.default, rig=True)
+
+            @app.post("/maps/{name}/localize_rig", responses=responses, openapi_extra=rig_extra,
+                      summary="Localize the images of one rig capture together against the map NAME")
+            async def localize_rig_named(name: str, request: Request) -> Any:
+                return await self.answer(request, name, rig=True)
+
         @get_and_head("/metrics", summary="Prometheus metrics", response_class=Response,
                  responses={"200": {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
         async def metrics() -> Response:
@@ -341,9 +397,10 @@ class Service:
                     for name, sub in schema.pop("$defs", {}).items():
                         spec["components"]["schemas"].setdefault(name, sub)
                     spec["components"]["schemas"].setdefault(model.__name__, schema)
-                for parameter in spec["paths"]["/maps/{name}/localize"]["post"]["parameters"]:
-                    if parameter["name"] == "name" and parameter["in"] == "path":
-                        parameter["schema"]["enum"] = list(self.maps)
+                for path in ("/maps/{name}/localize", "/maps/{name}/localize_rig"):
+                    for parameter in spec["paths"].get(path, {}).get("post", {}).get("parameters", []):
+                        if parameter["name"] == "name" and parameter["in"] == "path":
+                            parameter["schema"]["enum"] = list(self.maps)
                 app.openapi_schema = spec
             return app.openapi_schema
 

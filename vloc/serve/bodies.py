@@ -64,7 +64,7 @@ def parse_prior(value: Any) -> Prior | None:
     return Prior(rigid_from_qt(np.array(p.qvec, float), np.array(p.tvec, float)), float(p.radius))
 
 
-def _json_text(text: str | bytes, what: str) -> Any:
+def json_text(text: str | bytes, what: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -117,13 +117,13 @@ def _fields_from_multipart(body: bytes, content_type: str) -> tuple[bytes, dict[
         text = {k: v.decode("utf-8") for k, (v, _) in parts.items() if k != "image"}
     except UnicodeDecodeError as exc:
         raise HttpError(400, f"a multipart text part is not UTF-8 ({exc})") from exc
-    fields: dict[str, Any] = {k: _json_text(v, k) for k, v in text.items() if k != "name"}
+    fields: dict[str, Any] = {k: json_text(v, k) for k, v in text.items() if k != "name"}
     fields["name"] = text.get("name") or parts["image"][1]
     return parts["image"][0], fields
 
 
 def _fields_from_json(body: bytes) -> tuple[bytes, dict[str, Any]]:
-    doc = _json_text(body, "body")
+    doc = json_text(body, "body")
     if not isinstance(doc, dict):
         raise HttpError(400, "JSON body must be an object with image_base64")
     try:
@@ -138,7 +138,7 @@ def _fields_from_json(body: bytes) -> tuple[bytes, dict[str, Any]]:
 def fields_from_body(kind: str, content_type: str, body: bytes, query: dict[str, list[str]]) -> tuple[bytes, dict]:
     """The image and its parsed ``camera`` / ``prior`` / ``name`` from a body of ``kind`` and the
     query string. A field may come from either; where both give it, the body's value is used."""
-    fields: dict[str, Any] = {k: _json_text(v[0], k) for k, v in query.items() if k != "name"}
+    fields: dict[str, Any] = {k: json_text(v[0], k) for k, v in query.items() if k != "name"}
     for key, value in fields.items():
         if value is None:  # the schema's query parameters are objects; null is not one
             raise HttpError(400, f"{key}=null: give a JSON object or leave the parameter out")

@@ -90,9 +90,9 @@ class ThreadedServer:
 
 
 def make_server(localizer, host: str = "127.0.0.1", port: int = 0, max_bytes: int = DEFAULT_MAX_BYTES,
-                **conf) -> ThreadedServer:
+                rigs: dict | None = None, **conf) -> ThreadedServer:
     """One localizer served as the map "default" (more maps: build a :class:`Service`)."""
-    return ThreadedServer(Service({"default": localizer}, ServeConf(max_bytes=max_bytes, **conf)), host, port)
+    return ThreadedServer(Service({"default": localizer}, ServeConf(max_bytes=max_bytes, **conf), rigs), host, port)
 
 
 def load_maps(maps: list[str], preset: str | None = None) -> dict:
@@ -113,10 +113,11 @@ def load_maps(maps: list[str], preset: str | None = None) -> dict:
 
 
 def serve(maps: list[str] | str | Path, host: str = "127.0.0.1", port: int = 8000, preset: str | None = None,
-          conf: ServeConf = ServeConf()) -> None:
-    """Load the maps once and serve them until SIGTERM / Ctrl-C; then finish what is in flight."""
+          conf: ServeConf = ServeConf(), rigs: dict | None = None) -> None:
+    """Load the maps once and serve them until SIGTERM / Ctrl-C; then finish what is in flight.
+    ``rigs``: name -> :class:`vloc.io.rigs.Rig` for ``POST /localize_rig``."""
     maps = [str(maps)] if isinstance(maps, (str, Path)) else maps
-    run_service(Service(load_maps(maps, preset), conf), host, port)
+    run_service(Service(load_maps(maps, preset), conf, rigs), host, port)
 
 
 def run_service(service: Service, host: str = "127.0.0.1", port: int = 8000) -> None:
