@@ -161,3 +161,13 @@ def test_known_pose_build_geo_registered_by_a_gps_file_names_the_outlier(kitti, 
             lat, lon, alt = mapped.to_wgs84(im.projection_center()[None])[0]
             fix = next(line for line in lines if line.startswith(im.name + " ")).split()
             assert abs(lat - float(fix[1])) < 1e-8 and abs(lon - float(fix[2])) < 1e-8
+
+
+def test_spatial_pairs_join_near_images_and_skip_those_without_gps():
+    from vloc.retrieval.pairs import spatial_pairs
+
+    positions = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [100.0, 0.0, 0.0], [np.nan] * 3, [7.0, 0.0, 0.0]])
+    assert spatial_pairs(positions, 1, 50.0) == [(0, 1), (1, 4)]  # each image's nearest; 4's is 1
+    assert spatial_pairs(positions, 5, 50.0) == [(0, 1), (0, 4), (1, 4)]  # 2 is 93 m from the nearest
+    assert spatial_pairs(positions, 5, 3.5) == [(0, 1)]
+    assert spatial_pairs(positions[:1], 5, 50.0) == [] and spatial_pairs(positions, 0, 50.0) == []

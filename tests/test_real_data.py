@@ -157,8 +157,8 @@ def test_lund_sfm_from_scratch_registers_almost_all_geo_registered(tmp_path, cap
     gps = frame.fixes_to_enu([read_exif_gps(lund.images / im.name) for im in images])
     offset = np.array([im.projection_center() for im in images]) - gps
     distance = np.linalg.norm(offset, axis=1)
-    # measured: horizontal median 4.82 m, 3D median 5.05 m (EXIF altitudes are whole metres), largest 9.9 m
-    assert np.median(np.linalg.norm(offset[:, :2], axis=1)) <= 5.0 and distance.max() <= 15.0
+    # measured: 3D median 4.03 m, horizontally 3.67 m, largest 14.2 m (29.jpg, named an outlier at 10 m)
+    assert np.median(distance) <= 5.0 and distance.max() <= 15.0
     assert geo.median_residual_m == pytest.approx(np.median(np.delete(distance, [
         i for i, im in enumerate(images) if im.name in geo.outliers])), abs=1e-3)
     capsys.readouterr()
@@ -231,3 +231,17 @@ def test_lund_queries_answer_in_wgs84_near_their_exif_positions(tmp_path):
     # measured (sift): 6 of 9 localized (the map's SfM keeps 16 of its 20 photos: the street's end
     # is missing), 0.6-6.4 m; the median over all 9, a failure counted as infinitely far: 4.7 m
     assert sum(np.isfinite(distances)) >= 6 and np.median(distances) <= 5.0
+    # the report and the 3D view show the ground plane of a geo-registered map, in metres
+    params = " ".join(f"{v:.10g}" for v in camera.params)
+    listed = tmp_path / "queries.txt"
+    listed.write_text("".join(f"{n} {camera.model.name} {camera.width} {camera.height} {params}\n" for n in queries))
+    poses = tmp_path / "poses.txt"
+    assert main(["localize", "--map", str(out), "--queries", str(listed), "--images", str(lund.images),
+                 "--out", str(poses)]) == 0
+    log = json.loads(poses.with_suffix(".json").read_text())
+    assert all(("geo" in q) == (q["status"] == "localized") for q in log["queries"])
+    for command in (["report", "--poses", str(poses), "--out", str(tmp_path / "report.html")],
+                    ["view", str(out), "--poses", str(poses), "--out", str(tmp_path / "view.html")]):
+        assert main(command) == 0
+        page = Path(command[-1]).read_text()
+        assert "Ground plane" in page and "east (m)" in page and "north (m)" in page

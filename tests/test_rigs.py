@@ -154,8 +154,10 @@ def rig_map(virtual_gallery, rig_json, tmp_path_factory) -> Path:
     return out
 
 
-def test_known_pose_rig_map_keeps_the_calibration(rig_map, virtual_gallery):
+def test_known_pose_rig_map_keeps_the_calibration(rig_map, virtual_gallery, rig_json, caplog):
     calibrated = _kapture_rig().sensors["training_camera_1"]
+    assert main(["map", "extend", str(rig_map), "--images", str(virtual_gallery.images)]) == 2
+    assert f"built with --rig {rig_json}" in caplog.text and "not supported yet" in caplog.text
     model = pycolmap.Reconstruction(str(rig_map / "model"))
     assert model.num_rigs() == 1 and model.num_frames() == 4 and model.num_points3D() > 1000
     _assert_calibrated(_relative(model), calibrated, 4)

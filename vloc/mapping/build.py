@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 
 from vloc.config import Preset, fallback_preset
@@ -197,10 +198,14 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
     t = lap(seconds, "extract", t)
 
     pairs_conf = preset.pairs if plan.reference is not None else preset.pairs.for_sfm(len(names))
+    positions = _gps_positions(plan, names)
+    spatial = {} if positions is None else {"gps": digest(positions.round(3).tolist()),
+                                            "gps_pairs": [matching.GPS_NEIGHBOURS, matching.GPS_MAX_DISTANCE_M]}
     pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(pairs_conf),
-                                       "pca_dim": preset.global_desc.pca_dim, "images": digest(names)}, overwrite)
+                                       "pca_dim": preset.global_desc.pca_dim, "images": digest(names), **spatial},
+                       overwrite)
     if not pairs.done:
-        pairs_stage(pairs, extract.directory, names, pairs_conf, preset.global_desc.pca_dim)
+        pairs_stage(pairs, extract.directory, names, pairs_conf, preset.global_desc.pca_dim, positions)
         pairs.complete()
     t = lap(seconds, "pairs", t)
 
@@ -264,7 +269,8 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
     source = Source(mode=mode, reference=str(plan.reference) if plan.reference else None,
                     images=str(plan.images.resolve()),  # where `vloc map adapt` finds them
                     skipped_images=skipped, unregistered_images=sorted(set(names) - set(registered)),
-                    intrinsics=intrinsics_note(plan.reference, plan.given, plan.refine))
+                    intrinsics=intrinsics_note(plan.reference, plan.given, plan.refine),
+                    rig=plan.rig.source if plan.rig is not None else None)
     layer = fallback_preset(preset)
     with atomic_map_dir(plan.out, overwrite) as tmp:
         manifest = write_map(tmp, rec, ExtractedFeatures(extract.directory, names),
@@ -280,6 +286,18 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", plan.out, manifest.summary)
     return manifest
+
+
+def _gps_positions(plan: _Plan, names: list[str]) -> np.ndarray | None:
+    """SfM with --gps: ``(N, 3)`` east-north-up metres of ``names`` (NaN rows: no fix), for spatial pairs."""
+    if plan.gps is None or plan.reference is not None:
+        return None
+    frame = EnuFrame.around(list(plan.gps.values()))
+    positions = np.full((len(names), 3), np.nan)
+    for i, name in enumerate(names):
+        if name in plan.gps:
+            positions[i] = frame.fixes_to_enu([plan.gps[name]])[0]
+    return positions
 
 
 def _sfm_cameras(plan: _Plan, extract_dir: Path, names: list[str]) -> tuple[dict[int, pycolmap.Camera], list[int]]:

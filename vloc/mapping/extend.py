@@ -18,7 +18,7 @@ its images need not be on disk). The extended map is written beside the map and 
 last: an interrupted extend, or one whose filesystem refuses a write, leaves the old map as it
 was (:mod:`vloc.mapping.faults`: the map is locked while an extend runs). Images that do not
 register are listed in the manifest (``extensions``) and the result, never given a pose.
-Not supported yet (refused by name): maps with a fallback layer and adapted maps.
+Not supported yet (refused by name): maps with a fallback layer, adapted maps and maps with rigs.
 """
 from __future__ import annotations
 
@@ -105,6 +105,10 @@ def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Pat
     if manifest.adaptation is not None:
         raise ValueError(f"{map_dir}: extending an adapted map (`vloc map adapt`) is not supported yet; extend the "
                          "map before adapting it")
+    if manifest.source.rig is not None:
+        raise ValueError(f"{map_dir}: extending a map with multi-camera rigs (built with --rig "
+                         f"{manifest.source.rig}) is not supported yet; rebuild it with `vloc map build --rig` "
+                         "over all images")
     preset = Preset.from_dict(manifest.preset)
     store = MapStore.open(map_dir)
     map_names = [store.name(r) for r in range(len(store))]

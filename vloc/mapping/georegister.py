@@ -80,14 +80,36 @@ def fit_to_gps(centres: dict[str, np.ndarray], enu: dict[str, np.ndarray], *,
     if found is None or int(found["num_inliers"]) < MIN_GPS_IMAGES:
         raise ValueError(f"no similarity puts {MIN_GPS_IMAGES} or more of the {len(names)} camera centres within "
                          f"{max_error_m} m of their GPS positions")
-    sim = found["tgt_from_src"]
-    mapped = src @ (sim.scale * sim.rotation.matrix()).T + sim.translation
-    residuals = np.linalg.norm(mapped - tgt, axis=1)
+    sim, residuals = _refit_on_inliers(found["tgt_from_src"], src, tgt, max_error_m)
     outliers = [n for n, r in zip(names, residuals, strict=True) if r > max_error_m]
     if outliers:
         logger.info("GPS fit: %d of %d positions beyond %.1f m, left out: %s", len(outliers), len(names),
                     max_error_m, ", ".join(outliers))
     return GeoFit(sim, {n: float(r) for n, r in zip(names, residuals, strict=True)}, outliers, max_error_m)
+
+
+def _residuals(sim: pycolmap.Sim3d, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(src @ (sim.scale * sim.rotation.matrix()).T + sim.translation - tgt, axis=1)
+
+
+def _refit_on_inliers(sim: pycolmap.Sim3d, src: np.ndarray, tgt: np.ndarray, max_error_m: float,
+                      max_rounds: int = 10) -> tuple[pycolmap.Sim3d, np.ndarray]:
+    """The least-squares similarity over RANSAC's inliers; the inliers taken again under it, and
+    refitted, until they stay the same. pycolmap's LO-RANSAC returns its best-scoring model, not
+    the least-squares fit of its consensus set: on lund's 29 photos (all within 10 m of it) that
+    model left a median residual of 5.08 m, the least-squares fit 4.44 m (docs/benchmarks.md)."""
+    residuals = _residuals(sim, src, tgt)
+    inliers = residuals <= max_error_m
+    for _ in range(max_rounds):
+        refit = pycolmap.estimate_sim3d(src[inliers], tgt[inliers])
+        if refit is None:
+            break
+        sim, residuals = refit, _residuals(refit, src, tgt)
+        now = residuals <= max_error_m
+        if np.array_equal(now, inliers) or now.sum() < MIN_GPS_IMAGES:
+            break
+        inliers = now
+    return sim, residuals
 
 
 def georegister(model: pycolmap.Reconstruction, fixes: dict[str, GpsFix], source: str, *,

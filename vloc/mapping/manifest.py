@@ -37,6 +37,7 @@ class Source:
     skipped_images: dict[str, str] = field(default_factory=dict)  # name -> why
     unregistered_images: list[str] = field(default_factory=list)
     intrinsics: str = ""  # where the cameras came from and what SfM refined
+    rig: str | None = None  # the rig file of a map built with --rig (its model holds COLMAP rigs and frames)
 
 
 @dataclass(frozen=True, kw_only=True)

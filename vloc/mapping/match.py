@@ -31,19 +31,30 @@ from vloc.mapping.extract import LruFeatures, read_features, read_global
 from vloc.mapping.stages import Stage
 from vloc.matching.verify import epipolar_mask
 from vloc.retrieval.index import Whitening
-from vloc.retrieval.pairs import select_pairs
+from vloc.retrieval.pairs import select_pairs, spatial_pairs
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 64  # pairs per matching task and file
+# --gps: each image also pairs with its nearest GPS neighbours (COLMAP's spatial matcher, bounded
+# tighter: phone fixes are ~5 m off, so 5 neighbours within 50 m reach the images that overlap)
+GPS_NEIGHBOURS = 5
+GPS_MAX_DISTANCE_M = 50.0
 
 
-def pairs_stage(stage: Stage, extract_dir: Path, names: list[str], conf: PairsConf, pca_dim: int) -> None:
-    """Select pairs by global descriptor (and name order); writes the stage's three files."""
+def pairs_stage(stage: Stage, extract_dir: Path, names: list[str], conf: PairsConf, pca_dim: int,
+                positions: np.ndarray | None = None) -> None:
+    """Select pairs by global descriptor (and name order; with ``positions``, ``(N, 3)`` GPS metres
+    with NaN rows for images without, also by distance: :data:`GPS_NEIGHBOURS` nearest within
+    :data:`GPS_MAX_DISTANCE_M`); writes the stage's three files."""
     raw = np.stack([read_global(extract_dir, n) for n in tqdm(names, desc="read global", unit="img",
                                                               disable=len(names) < 1000)])
     whitening = Whitening.learn(raw, pca_dim)
     pairs = select_pairs(whitening(raw), conf.num_retrieved, conf.num_sequential)
+    if positions is not None:
+        retrieved = len(pairs)
+        pairs = sorted(set(pairs) | set(spatial_pairs(positions, GPS_NEIGHBOURS, GPS_MAX_DISTANCE_M)))
+        logger.info("GPS: %d pairs of nearby images that retrieval did not choose", len(pairs) - retrieved)
     logger.info("%d images, %d pairs", len(names), len(pairs))
     write_pairs(stage, names, pairs, whitening)
 

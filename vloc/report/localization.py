@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 
+from vloc.io.poses import read_poses
+from vloc.mapping.manifest import GeoInfo
+from vloc.mapping.map_dir import MODEL_DIR
+from vloc.report.ground import ground_plane_html
 from vloc.report.page import esc, figure_html, jpeg_data_uri, table_html, write_page
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,7 @@ class Run:
     map_dir: Path
     query_images: Path
     map_images: Path | None
+    geo: GeoInfo | None = None  # the map's geo-registration (``map build --gps``)
 
 
 def load_run(poses: Path | str, map_dir: Path | str | None = None, map_images: Path | str | None = None) -> Run:
@@ -76,7 +82,8 @@ def load_run(poses: Path | str, map_dir: Path | str | None = None, map_images: P
     images = Path(log.get("images", ""))
     if map_images is None and manifest.source.images:
         map_images = Path(manifest.source.images)
-    return Run(poses, log_path, log, map_dir, images, Path(map_images) if map_images is not None else None)
+    return Run(poses, log_path, log, map_dir, images, Path(map_images) if map_images is not None else None,
+               manifest.geo)
 
 
 class _MapSide:
@@ -132,7 +139,6 @@ def _errors(run: Run, gt: Path | None) -> tuple[dict, str]:
     import plotly.graph_objects as go
 
     from vloc.evaluation.metrics import evaluate
-    from vloc.io.poses import read_poses
 
     if not Path(gt).is_file():
         raise ReportError(f"{gt}: no such ground-truth pose list")
@@ -253,7 +259,9 @@ def write_localization_report(poses: Path | str, out: Path | str, gt: Path | str
     errors, error_html = _errors(run, Path(gt) if gt is not None else None)
     ordered = sorted(queries, key=lambda q: (q.get("status") == "localized", q.get("name", "")))
     cards = [_card(q, run, side, errors) for q in tqdm(ordered, desc="report", unit="query")]
-    body = (f"<h1>vloc localization report: {esc(run.poses.name)}</h1>" + _summary(run) + error_html
+    ground = "" if run.geo is None else ground_plane_html(
+        run.geo, pycolmap.Reconstruction(str(run.map_dir / MODEL_DIR)), read_poses(run.poses))
+    body = (f"<h1>vloc localization report: {esc(run.poses.name)}</h1>" + _summary(run) + ground + error_html
             + f"<h2>Queries ({len(queries)}, failed first)</h2>"
             + ("".join(cards) if cards else "<p>This run has no queries.</p>")
             + f"<script>{FILL_THUMBS}</script>")

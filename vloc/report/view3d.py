@@ -100,6 +100,7 @@ def write_map_view(map_dir: Path | str, out: Path | str, poses: Path | str | Non
     """Write the 3D view of ``map_dir`` (with the localized ``poses`` and true ``gt`` poses) to ``out``."""
     from vloc.io.poses import read_poses
     from vloc.mapping.manifest import read_manifest
+    from vloc.report.ground import ground_plane_html
 
     map_dir = Path(map_dir)
     manifest = read_manifest(map_dir)  # names the directory when it is not a map
@@ -112,8 +113,12 @@ def write_map_view(map_dir: Path | str, out: Path | str, poses: Path | str | Non
     if truth is not None and queries is not None:
         truth = {n: p for n, p in truth.items() if n in queries} or truth
     fig = map_figure(model, queries, truth, max_points)
+    if manifest.geo is not None:  # a geo-registered map's frame is east-north-up metres
+        fig.update_layout(scene=dict(aspectmode="data", xaxis_title="east (m)", yaxis_title="north (m)",
+                                     zaxis_title="up (m)"))
     body = (f"<h1>vloc map: {esc(map_dir)}</h1><p>{model.num_reg_images()} images, {model.num_points3D()} "
             f"points3D (shown: at most {max_points:,}); preset <code>{esc(manifest.preset_name)}</code>. Drag to "
-            "rotate, scroll to zoom, hover a camera for its name.</p>" + figure_html(fig))
+            "rotate, scroll to zoom, hover a camera for its name.</p>" + figure_html(fig)
+            + ground_plane_html(manifest.geo, model, queries))
     data = {"kind": "map-view", "cameras": model.num_reg_images(), "queries": len(queries or {})}
     return write_page(out, f"vloc view {map_dir.name}", body, data)

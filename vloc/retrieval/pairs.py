@@ -25,3 +25,21 @@ def select_pairs(descriptors: np.ndarray, num_retrieved: int, num_sequential: in
         for j in range(i + 1, min(n, i + 1 + num_sequential)):
             pairs.add((i, j))
     return sorted(pairs)
+
+
+def spatial_pairs(positions: np.ndarray, num_neighbours: int, max_distance: float) -> list[tuple[int, int]]:
+    """Unordered pairs ``(i, j)``, ``i < j``: each of the ``(N, 3)`` positions (metres; a row of NaN
+    is an image without one) with its ``num_neighbours`` nearest others within ``max_distance``
+    (``map build --gps``: images near each other on Earth, which retrieval may miss)."""
+    from scipy.spatial import cKDTree
+
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    known = np.flatnonzero(np.all(np.isfinite(positions), axis=1))
+    if len(known) < 2 or num_neighbours < 1:
+        return []
+    k = min(num_neighbours + 1, len(known))
+    distances, rows = cKDTree(positions[known]).query(positions[known], k=k, distance_upper_bound=max_distance)
+    pairs = {(min(int(known[a]), int(known[b])), max(int(known[a]), int(known[b])))
+             for a, (row, dist) in enumerate(zip(rows, distances, strict=True))
+             for b, d in zip(row, dist, strict=True) if b != a and np.isfinite(d)}
+    return sorted(pairs)
