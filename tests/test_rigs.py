@@ -7,6 +7,7 @@ as COLMAP rig JSON with those prefixes, its poses read from the kapture file by 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +155,8 @@ def rig_map(virtual_gallery, rig_json, tmp_path_factory) -> Path:
     return out
 
 
-def test_known_pose_rig_map_keeps_the_calibration(rig_map, virtual_gallery, rig_json, caplog):
+def test_known_pose_rig_map_keeps_the_calibration(rig_map, virtual_gallery):
     calibrated = _kapture_rig().sensors["training_camera_1"]
-    assert main(["map", "extend", str(rig_map), "--images", str(virtual_gallery.images)]) == 2
-    assert f"built with --rig {rig_json}" in caplog.text and "not supported yet" in caplog.text
     model = pycolmap.Reconstruction(str(rig_map / "model"))
     assert model.num_rigs() == 1 and model.num_frames() == 4 and model.num_points3D() > 1000
     _assert_calibrated(_relative(model), calibrated, 4)
@@ -265,3 +264,38 @@ def test_service_localize_rig_route(rig_map, rig_json, virtual_gallery):
         assert form["required"] == sorted(images) and "/maps/{name}/localize_rig" in spec["paths"]
     finally:
         stop(server, thread)
+
+
+def test_map_extend_adds_rig_captures_as_frames_of_the_maps_rig(rig_map, rig_json, virtual_gallery, tmp_path):
+    extended = tmp_path / "map"
+    shutil.copytree(rig_map, extended)
+    held = tmp_path / "held.txt"
+    held.write_text("".join(f"mapping_camera_{c}_{k}.jpg\n" for k in HELD_OUT for c in (0, 1)))
+    assert main(["map", "extend", str(extended), "--images", str(virtual_gallery.images), "--reference",
+                 str(virtual_gallery.ref_model), "--image-list", str(held), "--rig", str(rig_json)]) == 0
+    model = pycolmap.Reconstruction(str(extended / "model"))
+    before = pycolmap.Reconstruction(str(rig_map / "model"))
+    assert model.num_rigs() == 1 and model.num_frames() == 6 and len(model.cameras) == 2  # the map's rig, reused
+    assert model.num_points3D() > before.num_points3D()
+    _assert_calibrated(_relative(model), _kapture_rig().sensors["training_camera_1"], 6)
+    reference = {im.name: im.cam_from_world() for im in pycolmap.Reconstruction(str(virtual_gallery.ref_model))
+                 .images.values()}
+    for im in model.images.values():
+        assert np.abs(im.cam_from_world().matrix() - reference[im.name].matrix()).max() < 1e-9
+
+
+def test_map_extend_by_sfm_registers_rig_captures_rigidly(rig_map, rig_json, virtual_gallery, tmp_path):
+    extended = tmp_path / "map"
+    shutil.copytree(rig_map, extended)
+    held = tmp_path / "held.txt"
+    held.write_text("".join(f"mapping_camera_{c}_{k}.jpg\n" for k in HELD_OUT for c in (0, 1)))
+    assert main(["map", "extend", str(extended), "--images", str(virtual_gallery.images), "--image-list", str(held),
+                 "--rig", str(rig_json)]) == 0
+    model = pycolmap.Reconstruction(str(extended / "model"))
+    assert model.num_reg_images() == 12 and model.num_rigs() == 1 and model.num_frames() == 6
+    _assert_calibrated(_relative(model), _kapture_rig().sensors["training_camera_1"], 6)
+    truth = {im.name: im.cam_from_world() for im in pycolmap.Reconstruction(str(virtual_gallery.ref_model))
+             .images.values()}
+    for im in model.images.values():  # the map's frames fixed, the new ones registered near the truth
+        position, angle = _error(im.cam_from_world(), truth[im.name])
+        assert position < 0.01 and angle < 0.2

@@ -86,7 +86,7 @@ def cmd_map_extend(args: argparse.Namespace) -> int:
 
     result = extend_map(args.map, args.images, image_list=args.image_list, reference=args.reference, work=args.work,
                         workers=args.workers, ray=args.ray, skip_bad_images=args.skip_bad_images,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, rig=args.rig)
     print(f"{args.map}: added {len(result.registered)} images; now {result.manifest.summary}")
     for name in result.unregistered:
         print(f"not registered: {name}")
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "triangulate, update features, global descriptors and index; atomic")
     ex.add_argument("map", type=Path)
     ex.add_argument("--images", type=Path, required=True)
+    ex.add_argument("--rig", type=Path, metavar="FILE", help="with --reference: the new images' rig captures (kapture "
+                    "rigs.txt or COLMAP rig JSON) join the map as rig frames")
     ex.add_argument("--image-list", type=Path, help="file with the names to add (default: every image under "
                     "--images that the map does not hold)")
     ex.add_argument("--reference", type=Path, help="COLMAP model with the new images' poses and cameras (kept fixed)")

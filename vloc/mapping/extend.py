@@ -18,10 +18,13 @@ its images need not be on disk). The extended map is written beside the map and 
 last: an interrupted extend, or one whose filesystem refuses a write, leaves the old map as it
 was (:mod:`vloc.mapping.faults`: the map is locked while an extend runs). Images that do not
 register are listed in the manifest (``extensions``) and the result, never given a pose.
-Not supported yet (refused by name): maps with a fallback layer, adapted maps and maps with rigs.
+Rigs (``--rig``): the new captures become frames of the map's rig with the same calibration, or
+of a new rig (known poses: checked against the calibration; SfM: kept rigid); a map built with
+rigs keeps them. Not supported yet (refused by name): maps with a fallback layer and adapted maps.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -46,7 +49,9 @@ from vloc.mapping.extract import ExtractedFeatures, extract_stage, feature_path,
 from vloc.mapping.faults import guarded, map_lock, native_write, work_lock
 from vloc.mapping.manifest import Manifest, read_manifest, write_manifest
 from vloc.mapping.map_dir import FALLBACK_DIR, MODEL_DIR, atomic_map_dir, write_map
-from vloc.mapping.mapper import incremental_options
+from vloc.io.rigs import RigLayout, read_rig
+from vloc.mapping.mapper import incremental_options, known_pose_options
+from vloc.mapping.rigs import add_rig_captures, extension_rigs
 from vloc.mapping.match import match_stage, write_pairs
 from vloc.mapping.reconstruct import (
     DATABASE,
@@ -78,10 +83,12 @@ def default_extend_work_dir(map_dir: Path) -> Path:
 
 def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, reference: Path | None = None,
                work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
-               skip_bad_images: bool = False, overwrite: bool = False) -> ExtendResult:
+               skip_bad_images: bool = False, overwrite: bool = False, rig: Path | None = None) -> ExtendResult:
     """Add the images under ``images`` (those of ``image_list``, or of ``reference``, or all
     that the map does not hold yet) to the map at ``map_dir``; see the module docstring.
     ``overwrite``: recompute work stages written under another configuration (else refused).
+    ``rig`` (with ``reference``): the new images' rig captures (:mod:`vloc.io.rigs`) become frames
+    of the map's rig with the same calibration, or of a new one (:func:`vloc.mapping.rigs.add_rig_captures`).
 
     The map and the work directory are locked while it runs (another build or extend of either
     is refused with :class:`~vloc.mapping.faults.MapBusyError`); a write the filesystem refuses
@@ -91,12 +98,12 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
     work_dir = Path(work) if work is not None else default_extend_work_dir(map_dir)
     with guarded("map extend", map_dir, work_dir, existed=True), map_lock(map_dir), ExitStack() as held:
         return _extend(map_dir, Path(images), image_list, reference, work, workers, ray, skip_bad_images, overwrite,
-                       held)
+                       held, rig)
 
 
 def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Path | None, work: Path | None,
             workers: int, ray: str | bool | None, skip_bad_images: bool, overwrite: bool,
-            held: ExitStack) -> ExtendResult:
+            held: ExitStack, rig: Path | None = None) -> ExtendResult:
     """:func:`extend_map` with the map locked; the work directory's lock joins ``held``."""
     manifest = read_manifest(map_dir)
     if (map_dir / FALLBACK_DIR).exists():
@@ -105,10 +112,6 @@ def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Pat
     if manifest.adaptation is not None:
         raise ValueError(f"{map_dir}: extending an adapted map (`vloc map adapt`) is not supported yet; extend the "
                          "map before adapting it")
-    if manifest.source.rig is not None:
-        raise ValueError(f"{map_dir}: extending a map with multi-camera rigs (built with --rig "
-                         f"{manifest.source.rig}) is not supported yet; rebuild it with `vloc map build --rig` "
-                         "over all images")
     preset = Preset.from_dict(manifest.preset)
     store = MapStore.open(map_dir)
     map_names = [store.name(r) for r in range(len(store))]
@@ -151,11 +154,12 @@ def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Pat
     model = pycolmap.Reconstruction(str(map_dir / MODEL_DIR))
     ids = {im.name: im.image_id for im in model.images.values()}
     if reference is not None:
+        layout = read_rig(rig, new) if rig is not None else None
         rec = _extend_known_poses(work, model, pycolmap.Reconstruction(str(reference)), new, extract, pairs, matches,
-                                  preset, images, overwrite)
+                                  preset, images, overwrite, layout)
     else:
         rec = _extend_sfm(work, map_dir, model, ids, map_names, new, extract, pairs, matches, preset, images,
-                          overwrite)
+                          overwrite, read_rig(rig, new) if rig is not None else None)
     t = lap(seconds, "register", t)
 
     registered = sorted(im.name for im in rec.images.values() if im.has_pose)
@@ -171,7 +175,8 @@ def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Pat
     with atomic_map_dir(map_dir, overwrite=True) as tmp:
         out = write_map(tmp, rec, ExtractedFeatures(extract.directory, registered),
                         {n: read_global(extract.directory, n) for n in registered}, store.whitening,
-                        manifest.preset, manifest.source)
+                        manifest.preset, manifest.source if rig is None or manifest.source.rig is not None
+                        else dataclasses.replace(manifest.source, rig=str(rig)))
         out = out.replace(build_seconds=manifest.build_seconds, extensions=[*manifest.extensions, extension])
         write_manifest(tmp, out)
     if work == default_extend_work_dir(map_dir):
@@ -250,11 +255,20 @@ def covisible_pairs(model: pycolmap.Reconstruction, min_shared: int
 
 def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: pycolmap.Reconstruction,
                         new: list[str], extract: Stage, pairs: Stage, matches: Stage, preset: Preset,
-                        images: Path, overwrite: bool) -> pycolmap.Reconstruction:
-    """The map's model with the new images at their reference poses; points triangulated from the
-    new matches, the map's points kept."""
+                        images: Path, overwrite: bool, layout: RigLayout | None = None) -> pycolmap.Reconstruction:
+    """The map's model with the new images at their reference poses (``layout``'s captures as rig
+    frames); points triangulated from the new matches, the map's points kept."""
     combined = pycolmap.Reconstruction(model)
     by_name = {im.name: im for im in reference.images.values()}
+
+    def keypoints(name: str) -> np.ndarray:
+        return np.load(feature_path(extract.directory, name))["keypoints"].astype(np.float64)
+
+    in_rig = set(layout.camera_of()) if layout is not None else set()
+    if layout is not None:
+        first = max(combined.images, default=0) + 1
+        add_rig_captures(combined, reference, layout, {n: first + i for i, n in enumerate(sorted(in_rig))}, keypoints)
+    new = [n for n in new if n not in in_rig]
     same_camera: dict[tuple, int] = {(c.model.name, c.width, c.height, tuple(c.params)): k
                                      for k, c in combined.cameras.items()}
     next_camera = max(combined.cameras, default=0) + 1
@@ -268,9 +282,8 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
             camera.camera_id = next_camera
             combined.add_camera_with_trivial_rig(camera)
             same_camera[key], next_camera = next_camera, next_camera + 1
-        keypoints = np.load(feature_path(extract.directory, name))["keypoints"].astype(np.float64)
         combined.add_image_with_trivial_frame(
-            pycolmap.Image(name=name, keypoints=keypoints, camera_id=same_camera[key], image_id=next_image),
+            pycolmap.Image(name=name, keypoints=keypoints(name), camera_id=same_camera[key], image_id=next_image),
             src.cam_from_world())
         next_image += 1
     database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
@@ -284,7 +297,7 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
         return pycolmap.Reconstruction(str(stage.directory / RECONSTRUCTION))
     with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
         rec = pycolmap.triangulate_points(combined, str(database.directory / DATABASE), str(images), out,
-                                          clear_points=False)
+                                          clear_points=False, options=known_pose_options())
     save_reconstruction(stage, rec)
     stage.complete()
     return rec
@@ -292,8 +305,9 @@ def _extend_known_poses(work: Path, model: pycolmap.Reconstruction, reference: p
 
 def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: dict[str, int],
                 map_names: list[str], new: list[str], extract: Stage, pairs: Stage, matches: Stage, preset: Preset,
-                images: Path, overwrite: bool) -> pycolmap.Reconstruction:
-    """Register the new images into the map's model with the incremental mapper, map frames fixed."""
+                images: Path, overwrite: bool, layout: RigLayout | None = None) -> pycolmap.Reconstruction:
+    """Register the new images into the map's model with the incremental mapper, map frames fixed
+    (``layout``'s captures, and the map's own rigs, as rig frames: :func:`~vloc.mapping.rigs.extension_rigs`)."""
     cameras = {k: pycolmap.Camera(c.todict()) for k, c in model.cameras.items()}
     by_size = {(c.width, c.height): k for k, c in sorted(cameras.items())}
     camera_of = [model.images[ids[n]].camera_id for n in map_names]
@@ -306,13 +320,22 @@ def _extend_sfm(work: Path, map_dir: Path, model: pycolmap.Reconstruction, ids: 
         camera_of.append(by_size[size])
     next_image = max(model.images, default=0) + 1
     image_ids = [ids[n] for n in map_names] + list(range(next_image, next_image + len(new)))
+    rigs_and_frames, rig_key = None, {}
+    if layout is not None or any(r.num_sensors() > 1 for r in model.rigs.values()):
+        new_ids = {n: next_image + i for i, n in enumerate(new)}
+        cameras, new_camera, rigs_and_frames = extension_rigs(model, layout, new_ids, cameras,
+                                                              dict(zip(new, camera_of[len(map_names):], strict=True)))
+        camera_of = camera_of[:len(map_names)] + [new_camera[n] for n in new]
+        rig_key = {"rig": digest(layout.to_dict()) if layout is not None else "map"}
     database = Stage.open(work, "database", {"matches": matches.key, "verify": asdict(preset.verify),
                                              "cameras": digest({k: c.todict() for k, c in cameras.items()}),
                                              "camera_of": digest(camera_of),
-                                             "map_pairs": {"min_shared": preset.verify.min_inliers}}, overwrite)
+                                             "map_pairs": {"min_shared": preset.verify.min_inliers}, **rig_key},
+                          overwrite)
     if not database.done:
         sfm_database(database, cameras, camera_of, extract.directory, pairs.directory, matches.directory,
-                     preset.verify, image_ids, covisible_pairs(model, preset.verify.min_inliers))
+                     preset.verify, image_ids, covisible_pairs(model, preset.verify.min_inliers),
+                     rigs_and_frames=rigs_and_frames)
         database.complete()
     stage = Stage.open(work, "model", {"database": database.key, "mode": "extend-sfm",
                                        "mapper": asdict(preset.mapper)}, overwrite)

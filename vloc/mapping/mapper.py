@@ -70,6 +70,14 @@ def incremental_options(conf: MapperConf, refine: tuple[bool, bool, bool], posit
     return options
 
 
+def known_pose_options() -> pycolmap.IncrementalPipelineOptions:
+    """pycolmap's triangulation from known poses: its bundle adjustment must not move a rig's
+    cameras on the rig (COLMAP refines sensor_from_rig by default)."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.ba_refine_sensor_from_rig = False
+    return options
+
+
 def global_options(refine: tuple[bool, bool, bool], refine_rigs: bool = False) -> pycolmap.GlobalPipelineOptions:
     options = pycolmap.GlobalPipelineOptions()
     options.random_seed = RANDOM_SEED

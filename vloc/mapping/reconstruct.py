@@ -36,6 +36,7 @@ from vloc.mapping.mapper import (
     Mapper,
     global_options,
     incremental_options,
+    known_pose_options,
     remove_checkpoint,
     run_global,
     run_incremental,
@@ -144,9 +145,8 @@ def triangulate(stage: Stage, reference: pycolmap.Reconstruction, keep: set[str]
     empty.delete_all_points2D_and_points3D()
     # (pycolmap opens the database, which writes beside it, and writes its output: a refusal is a RuntimeError)
     with native_write(stage.directory / RECONSTRUCTION), tempfile.TemporaryDirectory(dir=stage.directory) as out:
-        options = pycolmap.IncrementalPipelineOptions()
-        options.ba_refine_sensor_from_rig = False  # known poses: a rig's calibration is the reference's
-        rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out, options=options)
+        rec = pycolmap.triangulate_points(empty, str(database_dir / DATABASE), str(image_dir), out,
+                                          options=known_pose_options())
     save_reconstruction(stage, rec)
     return rec
 
