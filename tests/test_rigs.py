@@ -166,17 +166,15 @@ def test_known_pose_rig_map_keeps_the_calibration(rig_map, virtual_gallery):
         assert np.abs(im.cam_from_world().matrix() - reference[im.name].matrix()).max() < 1e-9
 
 
-def test_sfm_rig_map_keeps_the_calibration(virtual_gallery, rig_json, tmp_path):
-    names = sorted(p.name for p in virtual_gallery.images.iterdir() if p.name.startswith("mapping_"))
-    listed = tmp_path / "list.txt"
-    listed.write_text("\n".join(names) + "\n")
+def test_sfm_rig_map_from_the_kapture_rig_file_keeps_the_calibration(tmp_path):
+    """The issue's own command: the kapture dataset's images (named by their records) and rigs.txt."""
     out = tmp_path / "sfm"
-    assert main(["map", "build", "--images", str(virtual_gallery.images), "--image-list", str(listed),
-                 "--rig", str(rig_json), "--camera", "PINHOLE 1920 1080 1371.022 1371.022 959.5 539.5",
-                 "--out", str(out)]) == 0
+    assert main(["map", "build", "--images", str(KAPTURE_RIGS.parent / "records_data"), "--rig", str(KAPTURE_RIGS),
+                 "--camera", "PINHOLE 1920 1080 1371.022 1371.022 959.5 539.5", "--out", str(out)]) == 0
     model = pycolmap.Reconstruction(str(out / "model"))
-    assert model.num_reg_images() == 12
+    assert model.num_reg_images() == 12 and model.num_rigs() == 1 and model.num_frames() == 6
     _assert_calibrated(_relative(model), _kapture_rig().sensors["training_camera_1"], 6)
+    assert json.loads((out / "manifest.json").read_text())["source"]["rig"] == str(KAPTURE_RIGS)
 
 
 def _error(pose: pycolmap.Rigid3d, truth: pycolmap.Rigid3d) -> tuple[float, float]:
