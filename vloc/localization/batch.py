@@ -10,7 +10,7 @@ from tqdm import tqdm
 from vloc.io.cameras import Query
 from vloc.io.files import write_text_atomic
 from vloc.io.poses import write_poses
-from vloc.io.rigs import RigLayout
+from vloc.io.rigs import RigCapture, RigLayout
 from vloc.localization.localizer import LocalizationResult, Localizer
 from vloc.localization.rig import RigLocalizationResult
 
@@ -43,8 +43,9 @@ def localize_queries(
     return results
 
 
-def rig_queries(layout: RigLayout, queries: list[Query], where: dict[str, str]) -> list[tuple[str, dict[str, Query]]]:
-    """The queries grouped into rig captures: (capture key, camera name -> query). Raises with
+def rig_queries(layout: RigLayout, queries: list[Query],
+                where: dict[str, str]) -> list[tuple[RigCapture, dict[str, Query]]]:
+    """The queries grouped into rig captures: (capture, camera name -> query). Raises with
     the query list's file and line for a capture without an image of one of its rig's cameras,
     and for a query in no capture."""
     by_name = {q.name: q for q in queries}
@@ -56,7 +57,7 @@ def rig_queries(layout: RigLayout, queries: list[Query], where: dict[str, str]) 
         if missing:
             raise ValueError(f"{first}: rig capture {capture.key!r} of {rig.name!r} has no image from camera(s) "
                              f"{missing} ({layout.source})")
-        grouped.append((f"{capture.rig}/{capture.key}", {c: by_name[n] for c, n in capture.images.items()}))
+        grouped.append((capture, {c: by_name[n] for c, n in capture.images.items()}))
         seen.update(capture.images.values())
     alone = [q.name for q in queries if q.name not in seen]
     if alone:
@@ -70,8 +71,8 @@ def localize_rig_queries(localizer: Localizer, layout: RigLayout, queries: list[
     camera's pose (image name -> cam_from_world), the log each rig's result."""
     captures = rig_queries(layout, queries, where)
     results = []
-    for key, members in tqdm(captures, desc="localize rig", unit="capture"):
-        rig = layout.rigs[key.split("/", 1)[0]]
+    for capture, members in tqdm(captures, desc="localize rig", unit="capture"):
+        key, rig = f"{capture.rig}/{capture.key}", layout.rigs[capture.rig]
         result = localizer.localize_rig({c: image_dir / q.name for c, q in members.items()}, rig,
                                         {c: q.camera for c, q in members.items() if q.camera is not None}, name=key)
         for camera, res in result.cameras.items():
