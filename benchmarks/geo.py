@@ -6,7 +6,8 @@ For each preset, two maps built with ``vloc map build --gps exif``: all 29 lund 
 camera centre's distance to its own EXIF position) and the 20 map photos of the prepared split
 (the 9 queries localized against it, their answer's latitude/longitude against their EXIF
 position). The queries' intrinsics (``--queries``): ``map`` the map's own refined camera (the
-same phone), ``exif`` the EXIF focal length (what ``vloc localize`` takes when told nothing),
+same phone), ``default`` none (what ``vloc localize`` does when told nothing: the EXIF focal
+length, or the map's refined calibration of the camera with that EXIF focal, ``intrinsics: map``),
 ``given`` the prepared set's queries.txt (the pseudo ground truth's SfM camera).
 
 Columns: registered images, distance centre to EXIF (3D median, horizontal median, 3D max),
@@ -79,7 +80,7 @@ def query_errors(out: Path, images: Path, queries: dict[str, list[str]], intrins
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["sift", "aliked"])
-    parser.add_argument("--queries", nargs="+", default=["map", "exif", "given"], choices=["map", "exif", "given"])
+    parser.add_argument("--queries", nargs="+", default=["map", "default", "given"], choices=["map", "default", "given"])
     args = parser.parse_args()
     images = LUND / "images"
     queries = {fields[0]: fields[1:] for _, fields in data_lines(LUND / "queries.txt", "queries")}

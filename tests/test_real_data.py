@@ -231,6 +231,13 @@ def test_lund_queries_answer_in_wgs84_near_their_exif_positions(tmp_path):
     # measured (sift): 6 of 9 localized (the map's SfM keeps 16 of its 20 photos: the street's end
     # is missing), 0.6-6.4 m; the median over all 9, a failure counted as infinitely far: 4.7 m
     assert sum(np.isfinite(distances)) >= 6 and np.median(distances) <= 5.0
+    # told nothing, a query takes the map's refined calibration of its EXIF camera, not the EXIF focal
+    # (24 % off here): the same answer as with the map's camera given
+    assert [c["exif_focal_px"] for c in load_map(out).manifest.exif_cameras] == [pytest.approx(995.6, abs=0.1)]
+    best = queries[int(np.argmin(distances))]
+    told, untold = localizer.localize(lund.images / best, camera), localizer.localize(lund.images / best)
+    assert untold.success and untold.intrinsics_source == "map" and told.intrinsics_source == "given"
+    assert np.linalg.norm(untold.cam_from_world.inverse().translation - told.cam_from_world.inverse().translation) < 0.5
     # the report and the 3D view show the ground plane of a geo-registered map, in metres
     params = " ".join(f"{v:.10g}" for v in camera.params)
     listed = tmp_path / "queries.txt"

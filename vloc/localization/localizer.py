@@ -50,7 +50,9 @@ __all__ = ["Localizer", "LocalizationResult", "Prior", "ImageInput", "PreparedQu
 @dataclasses.dataclass(frozen=True)
 class PreparedQuery:
     """A decoded query: ``image`` ``(H, W, 3)`` or ``(H, W)`` uint8, its camera and where the
-    intrinsics came from (``"given"``, ``"exif"`` or ``"estimated"``); ``seconds`` spent decoding."""
+    intrinsics came from (``"given"``, ``"exif"`` or ``"estimated"``; :meth:`Localizer.localize`
+    turns ``"exif"`` into ``"map"`` when the map has a refined calibration of that EXIF camera);
+    ``seconds`` spent decoding."""
 
     image: np.ndarray
     camera: pycolmap.Camera
@@ -67,6 +69,10 @@ class Localizer:
         self.layer = Layer.open(self.map_dir, preset, self.models)
         self.preset, self.manifest, self.store = self.layer.preset, self.layer.manifest, self.layer.store
         self.geo_frame = map_frame(self.manifest)  # east-north-up about a WGS84 origin, or None
+        # (width, height, EXIF focal to 0.1 px) -> the map's refined calibration of that camera
+        self.exif_cameras = {(c["width"], c["height"], round(c["exif_focal_px"], 1)): camera_from_dict(
+            {k: c[k] for k in ("model", "width", "height", "params")}, f"{self.map_dir}: exif_cameras")
+            for c in self.manifest.exif_cameras}
         self.fallback = self._open_fallback()
         self._global_models: dict[GlobalConf, object] = {
             layer.global_conf: self.models.get("global", layer.global_conf, make_global_model) for layer in self.layers}
@@ -116,8 +122,10 @@ class Localizer:
             image: a path, encoded bytes (JPEG, PNG, ...), a ``(H, W)`` / ``(H, W, 3)`` uint8
                 RGB array, or a :class:`PreparedQuery` (then ``camera`` must be None).
             camera: a pycolmap camera, a dict ``{"model", "width", "height", "params"}``, or None:
-                the EXIF focal length when the file or bytes carry one, else the focal length
-                is estimated with the pose. ``result.intrinsics_source`` says which.
+                the EXIF focal length when the file or bytes carry one (the map's refined
+                calibration instead when SfM calibrated a camera with that EXIF focal and image
+                size: :meth:`calibrated`), else the focal length is estimated with the pose.
+                ``result.intrinsics_source`` says which.
             prior: restrict retrieval to map images near a believed pose: a :class:`Prior`, or
                 the previous result (its pose, within :attr:`prior_radius`; a failed result
                 means no prior). When the nearby images fail, global retrieval is tried.
@@ -138,6 +146,8 @@ class Localizer:
             except (ImageReadError, ValueError) as exc:
                 return LocalizationResult(name, False, str(exc))
         array, camera, source = query.image, query.camera, query.intrinsics_source
+        if source == "exif":
+            camera, source = self.calibrated(camera)
         with self._lock:
             result = self._localize_layers(array, camera, source, name, prior)
         result.timings = {"read": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
@@ -184,6 +194,15 @@ class Localizer:
     def global_descriptor(self, image: np.ndarray) -> np.ndarray:
         """The raw ``(D_g,)`` global descriptor of an ``(H, W[, 3])`` uint8 image for the first layer."""
         return self._global_models[self.layer.global_conf](image)
+
+    def calibrated(self, camera: pycolmap.Camera) -> tuple[pycolmap.Camera, str]:
+        """A query camera from EXIF -> the map's refined calibration of the camera with the same
+        EXIF focal length and size (``"map"``) when SfM made one, else itself (``"exif"``): EXIF
+        focal lengths can be far off (lund: 24 %), and a query must agree with the map's."""
+        key = (camera.width, camera.height, round(float(camera.params[0]), 1))
+        if key in self.exif_cameras:
+            return pycolmap.Camera(self.exif_cameras[key].todict()), "map"
+        return camera, "exif"
 
     def _with_geo(self, result: LocalizationResult) -> LocalizationResult:
         """A localized result on a geo-registered map gets its position in WGS84."""

@@ -18,7 +18,7 @@ class LocalizationResult:
     reason: str = ""  # why it failed; empty when localized
     cam_from_world: pycolmap.Rigid3d | None = None
     camera: pycolmap.Camera | None = None
-    intrinsics_source: str = ""  # "given", "exif" or "estimated"
+    intrinsics_source: str = ""  # "given", "exif", "map" (the map's calibration of that EXIF camera) or "estimated"
     num_keypoints: int = 0
     num_matches: int = 0  # 2D-3D correspondences fed to RANSAC
     num_inliers: int = 0

@@ -77,8 +77,9 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
         if query.intrinsics_source == "estimated":
             raise ValueError(f"{label}: no intrinsics (none given, no EXIF focal length); rig localization "
                              "needs every camera's")
-        res = LocalizationResult(label, False, intrinsics_source=query.intrinsics_source, layer=layer.preset.name,
-                                 camera=query.camera)
+        camera, source = (localizer.calibrated(query.camera) if query.intrinsics_source == "exif"
+                          else (query.camera, query.intrinsics_source))
+        res = LocalizationResult(label, False, intrinsics_source=source, layer=layer.preset.name, camera=camera)
         feats = layer.extractor(query.image)
         raw = localizer.global_descriptor(query.image)
         res.retrieved, res.points2D, res.point3D_ids = layer.correspondences(feats, raw)
@@ -88,7 +89,7 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
         xyz.append(layer.store.points_xyz(res.point3D_ids) if len(res.point3D_ids) else np.zeros((0, 3)))
         camera_idxs += [index] * len(res.points2D)
         cams_from_rig.append(rig.sensors[camera_name])
-        colmap_cameras.append(query.camera)
+        colmap_cameras.append(camera)
         per_camera.append(res)
     out.timings["features+matching"] = time.perf_counter() - t0
     out.num_matches = len(camera_idxs)

@@ -26,7 +26,7 @@ import pycolmap
 
 from vloc.config import Preset, fallback_preset
 from vloc.io.gps import EnuFrame, GpsFix, read_gps
-from vloc.io.images import list_images
+from vloc.io.images import exif_focal_px, list_images
 from vloc.io.rigs import RigLayout, read_rig
 from vloc.io.text import data_lines
 from vloc.mapping import match as matching
@@ -282,7 +282,8 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
             posed = tmp / MODEL_DIR if geo is not None else model.directory / RECONSTRUCTION
             _build_fallback_layer(plan, layer, posed, tmp, executor)
             lap(seconds, "fallback layer", t)
-        manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()}, geo=geo)
+        manifest = manifest.replace(build_seconds={k: round(v, 3) for k, v in seconds.items()}, geo=geo,
+                                    exif_cameras=_exif_cameras(plan, rec))
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", plan.out, manifest.summary)
     return manifest
@@ -298,6 +299,24 @@ def _gps_positions(plan: _Plan, names: list[str]) -> np.ndarray | None:
         if name in plan.gps:
             positions[i] = frame.fixes_to_enu([plan.gps[name]])[0]
     return positions
+
+
+def _exif_cameras(plan: _Plan, rec: pycolmap.Reconstruction) -> list[dict]:
+    """SfM cameras that started from their images' EXIF focal length and whose focal SfM refined:
+    the refined calibration a query with the same EXIF (and size) takes (:class:`Localizer`)."""
+    if plan.reference is not None or plan.given is not None or not plan.refine[0]:
+        return []
+    first = {}
+    for im in sorted(rec.images.values(), key=lambda im: im.name):
+        first.setdefault(im.camera_id, im.name)
+    out = []
+    for camera_id, name in sorted(first.items()):
+        focal = exif_focal_px(plan.images / name)
+        camera = rec.cameras[camera_id]
+        if focal is not None:
+            out.append({"width": camera.width, "height": camera.height, "exif_focal_px": round(float(focal), 3),
+                        "model": camera.model.name, "params": [float(v) for v in camera.params]})
+    return out
 
 
 def _sfm_cameras(plan: _Plan, extract_dir: Path, names: list[str]) -> tuple[dict[int, pycolmap.Camera], list[int]]:

@@ -88,6 +88,9 @@ class Manifest:
     build_seconds: dict[str, float] = field(default_factory=dict)  # per build stage, when built by `vloc map build`
     extensions: list[dict[str, Any]] = field(default_factory=list)  # one entry per `vloc map extend`
     geo: GeoInfo | None = None  # set when built with --gps; absent from the file otherwise
+    # SfM cameras that started from an EXIF focal length and were refined: {"width", "height",
+    # "exif_focal_px", "model", "params"} each; a query with that EXIF takes the refined calibration
+    exif_cameras: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     vloc_version: str = __version__
     pycolmap_version: str = ""
@@ -105,6 +108,10 @@ class Manifest:
         d = dataclasses.asdict(self)
         if d["geo"] is None:
             del d["geo"]  # maps without GPS stay readable by a vloc that predates the field
+        if not d["exif_cameras"]:
+            del d["exif_cameras"]  # the same
+        if d["source"]["rig"] is None:
+            del d["source"]["rig"]  # the same
         if d["prior_radius"] == float("inf"):
             d["prior_radius"] = None  # JSON has no infinity (a map of one image)
         return d

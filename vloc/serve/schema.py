@@ -132,7 +132,7 @@ class LocalizeResponse(BaseModel):
     name: str
     status: Literal["localized", "failed"]
     reason: str
-    intrinsics: Literal["given", "exif", "estimated", ""]
+    intrinsics: Literal["given", "exif", "map", "estimated", ""]
     num_keypoints: int
     num_matches: int
     num_inliers: int
