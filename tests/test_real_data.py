@@ -247,6 +247,15 @@ def test_lund_queries_answer_in_wgs84_near_their_exif_positions(tmp_path):
                  "--out", str(poses)]) == 0
     log = json.loads(poses.with_suffix(".json").read_text())
     assert all(("geo" in q) == (q["status"] == "localized") for q in log["queries"])
+    frames = tmp_path / "frames"  # the queries as a sequence: vloc track's log answers in WGS84 too
+    frames.mkdir()
+    for name in queries:
+        shutil.copy(lund.images / name, frames / name)
+    assert main(["track", "--map", str(out), "--frames", str(frames), "--log", str(tmp_path / "track.json")]) == 0
+    tracked = json.loads((tmp_path / "track.json").read_text())["frames"]
+    assert any(f["status"] == "localized" for f in tracked)
+    assert all(("geo" in f) == (f["status"] == "localized") for f in tracked)
+    assert all(f["intrinsics"] == "map" for f in tracked)
     for command in (["report", "--poses", str(poses), "--out", str(tmp_path / "report.html")],
                     ["view", str(out), "--poses", str(poses), "--out", str(tmp_path / "view.html")]):
         assert main(command) == 0
