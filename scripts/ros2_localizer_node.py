@@ -4,7 +4,7 @@
         [--camera-info /camera/camera_info] [--camera 'PINHOLE w h fx fy cx cy'] [--frames DIR]
 
 With rclpy (a ROS 2 install; not a vloc dependency) it subscribes to ``sensor_msgs/Image``
-(every encoding of :data:`vloc.serve.ros2.ENCODINGS`, through ``cv_bridge`` when installed; an
+(every encoding of :data:`vloc.io.rosmsg.ENCODINGS`, through ``cv_bridge`` when installed; an
 encoding it cannot decode is logged as an error naming it, never guessed) and to
 ``sensor_msgs/CameraInfo`` for the intrinsics (``--camera`` overrides; without either the focal
 length is estimated per frame), and publishes for every localized frame a
@@ -24,7 +24,8 @@ import numpy as np
 from vloc.io.cameras import camera_from_text
 from vloc.localization.localizer import Localizer
 from vloc.localization.tracking import Tracker, iter_frames
-from vloc.serve.ros2 import camera_from_info, fill_pose_with_covariance, fill_transform, image_from_msg
+from vloc.io.rosmsg import camera_from_info, image_from_msg
+from vloc.serve.ros2 import fill_pose_with_covariance, fill_transform
 
 logger = logging.getLogger("vloc.ros2")
 

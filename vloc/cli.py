@@ -213,8 +213,17 @@ def cmd_track(args: argparse.Namespace) -> int:
     camera = camera_from_text(args.camera, "--camera") if args.camera else None
     tracker = Tracker(Localizer.load(args.map, args.preset), args.radius, camera)
     stamped, log = [], []
-    for stamp, name, image in tqdm(iter_frames(args.frames, args.fps), desc="track", unit="frame"):
-        result = tracker.track(image, name=name)
+    if args.bag is not None:
+        from vloc.io.bags import iter_bag_frames
+
+        if not args.image_topic:
+            raise ValueError("--bag needs --image-topic")
+        frames = ((f.stamp, f.name, f.image, None if camera is not None else f.camera) for f in iter_bag_frames(
+            args.bag, args.image_topic, args.camera_info_topic, args.start, args.end, args.every))
+    else:
+        frames = ((stamp, name, image, None) for stamp, name, image in iter_frames(args.frames, args.fps))
+    for stamp, name, image, frame_camera in tqdm(frames, desc="track", unit="frame"):
+        result = tracker.track(image, frame_camera, name=name)
         log.append(dict(result.to_dict(), timestamp=stamp))
         if result.success:
             stamped.append((stamp, result.cam_from_world))
@@ -477,7 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("track", help="localize an ordered sequence (image folder or video) and write "
                         "TUM / KITTI trajectories (camera-to-world, what evo and ROS tools read)")
     tr.add_argument("--map", type=Path, required=True)
-    tr.add_argument("--frames", type=Path, required=True, help="image folder (sorted by name) or video file")
+    source = tr.add_mutually_exclusive_group(required=True)
+    source.add_argument("--frames", type=Path, help="image folder (sorted by name) or video file")
+    source.add_argument("--bag", type=Path, help="a ROS 1 bag or ROS 2 bag (sqlite3 or MCAP; `vloc[robot]`): "
+                        "frames from --image-topic, timestamps from the headers")
+    tr.add_argument("--image-topic", help="with --bag: sensor_msgs/Image or CompressedImage topic")
+    tr.add_argument("--camera-info-topic", help="with --bag: CameraInfo topic for the intrinsics (--camera wins)")
+    tr.add_argument("--start", type=float, help="with --bag: seconds from the bag's start")
+    tr.add_argument("--end", type=float, help="with --bag: seconds from the bag's start")
+    tr.add_argument("--every", type=int, default=1, help="with --bag: keep one image of N (default: 1)")
     tr.add_argument("--camera", help="'MODEL width height params...' for every frame (default: EXIF, else estimated)")
     tr.add_argument("--fps", type=float, default=10.0, help="timestamps of a folder's frames: index / fps")
     tr.add_argument("--radius", type=float, help="prior radius in map units (default: 5x the median "

@@ -8,6 +8,8 @@ import pycolmap
 
 from vloc.config import PoseConf
 
+RANSAC_SEED = 0  # the same query gives the same pose, run after run (pycolmap's default seeds from the clock)
+
 
 @dataclass
 class PoseEstimate:
@@ -31,6 +33,7 @@ def estimate_absolute_pose(
     estimation = pycolmap.AbsolutePoseEstimationOptions()
     estimation.ransac.max_error = conf.max_error_px
     estimation.ransac.min_inlier_ratio = conf.min_inlier_ratio
+    estimation.ransac.random_seed = RANSAC_SEED
     estimation.estimate_focal_length = not focal_known
     refinement = pycolmap.AbsolutePoseRefinementOptions()
     refinement.refine_focal_length = not focal_known and conf.refine_focal_when_unknown

@@ -22,6 +22,7 @@ import numpy as np
 import pycolmap
 
 from vloc.io.rigs import Rig
+from vloc.localization.pose import RANSAC_SEED
 from vloc.localization.result import LocalizationResult
 from vloc.localization.verify import check_pose
 
@@ -100,6 +101,7 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
     ransac = pycolmap.RANSACOptions()
     ransac.max_error = conf.max_error_px
     ransac.min_inlier_ratio = conf.min_inlier_ratio
+    ransac.random_seed = RANSAC_SEED
     all2D, all3D = np.concatenate(points2D).astype(np.float64), np.concatenate(xyz).astype(np.float64)
     found = pycolmap.estimate_and_refine_generalized_absolute_pose(
         all2D, all3D, camera_idxs, cams_from_rig, colmap_cameras, ransac, pycolmap.AbsolutePoseRefinementOptions(),
