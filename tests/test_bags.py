@@ -24,18 +24,12 @@ STORE = get_typestore(Stores.ROS2_HUMBLE)
 ROS1_STORE = get_typestore(Stores.ROS1_NOETIC)
 
 
-def _header(store, index: int, frame: str = "camera"):
+def _header(store, index: int):
+    """The frame's header, stamped index / FPS (ROS 1's also carries the sequence number)."""
     ns = int(round(index / FPS * 1e9))
-    time_type = store.types["builtin_interfaces/msg/Time"]
-    return store.types["std_msgs/msg/Header"](stamp=time_type(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000),
-                                              frame_id=frame)
-
-
-def _header1(store, index: int):
-    ns = int(round(index / FPS * 1e9))
-    time_type = store.types["builtin_interfaces/msg/Time"]
-    return store.types["std_msgs/msg/Header"](seq=index, stamp=time_type(sec=ns // 1_000_000_000,
-                                                                         nanosec=ns % 1_000_000_000), frame_id="camera")
+    stamp = store.types["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    extra = {"seq": index} if store is ROS1_STORE else {}
+    return store.types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera", **extra)
 
 
 def _camera_info(store, width: int, height: int, params: list[float], header):
@@ -85,9 +79,9 @@ def _write_ros1(path: Path, folder: Path, names: list[str], params: list[float])
             data = (folder / name).read_bytes()  # PNG: lossless
             h, w = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED).shape
             t = int(round(i / FPS * 1e9))
-            writer.write(infos, t, ROS1_STORE.serialize_ros1(_camera_info(ROS1_STORE, w, h, params, _header1(
+            writer.write(infos, t, ROS1_STORE.serialize_ros1(_camera_info(ROS1_STORE, w, h, params, _header(
                 ROS1_STORE, i)), "sensor_msgs/msg/CameraInfo"))
-            msg = ROS1_STORE.types["sensor_msgs/msg/CompressedImage"](header=_header1(ROS1_STORE, i), format="png",
+            msg = ROS1_STORE.types["sensor_msgs/msg/CompressedImage"](header=_header(ROS1_STORE, i), format="png",
                                                                       data=np.frombuffer(data, np.uint8))
             writer.write(images, t + 1, ROS1_STORE.serialize_ros1(msg, "sensor_msgs/msg/CompressedImage"))
 

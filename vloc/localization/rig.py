@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pycolmap
 
+from vloc.io.poses import qt_from_rigid
 from vloc.io.rigs import Rig
 from vloc.localization.pose import RANSAC_SEED
 from vloc.localization.result import LocalizationResult
@@ -54,9 +55,8 @@ class RigLocalizationResult:
                  timings={k: round(v, 4) for k, v in self.timings.items()},
                  cameras={k: r.to_dict() for k, r in self.cameras.items()})
         if self.rig_from_world is not None:
-            x, y, z, w = self.rig_from_world.rotation.quat
-            d["rig_from_world"] = dict(qvec=[float(w), float(x), float(y), float(z)],
-                                       tvec=[float(v) for v in self.rig_from_world.translation])
+            qvec, tvec = qt_from_rigid(self.rig_from_world)
+            d["rig_from_world"] = dict(qvec=[float(v) for v in qvec], tvec=[float(v) for v in tvec])
         if self.geo is not None:
             d["geo"] = self.geo.to_dict()
         return d
@@ -71,7 +71,7 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
     t0 = time.perf_counter()
     layer, conf = localizer.layer, localizer.layer.preset.pose
     out = RigLocalizationResult(name, False)
-    points2D, xyz, camera_idxs, cams_from_rig, colmap_cameras, per_camera = [], [], [], [], [], []
+    points2D, xyz, camera_idxs, cams_from_rig, colmap_cameras = [], [], [], [], []
     for index, camera_name in enumerate(rig.sensors):
         label = f"{name}/{camera_name}"
         query = prepare_query(images[camera_name], (cameras or {}).get(camera_name), label)
@@ -91,7 +91,6 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
         camera_idxs += [index] * len(res.points2D)
         cams_from_rig.append(rig.sensors[camera_name])
         colmap_cameras.append(camera)
-        per_camera.append(res)
     out.timings["features+matching"] = time.perf_counter() - t0
     out.num_matches = len(camera_idxs)
     if out.num_matches < conf.min_inliers:
@@ -114,7 +113,7 @@ def localize_rig(localizer: Localizer, images: dict[str, ImageInput], rig: Rig,
     out.num_inliers = int(mask.sum())
     owner = np.asarray(camera_idxs)
     rig_from_world = found["rig_from_world"]
-    for index, res in enumerate(per_camera):
+    for index, res in enumerate(out.cameras.values()):
         res.inlier_mask = mask[owner == index]
         res.num_inliers = int(res.inlier_mask.sum())
     if out.num_inliers < conf.min_inliers or out.num_inliers / out.num_matches < conf.min_inlier_ratio:

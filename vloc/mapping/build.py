@@ -198,7 +198,11 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
     t = lap(seconds, "extract", t)
 
     pairs_conf = preset.pairs if plan.reference is not None else preset.pairs.for_sfm(len(names))
-    positions = _gps_positions(plan, names)
+    # SfM with --gps: the fixes as pose priors, in east-north-up metres (also the spatial pairs' positions)
+    priors = (position_priors(plan.gps, EnuFrame.around(list(plan.gps.values())))
+              if plan.gps is not None and plan.reference is None else None)
+    positions = None if priors is None else np.array([priors[n][0] if n in priors else np.full(3, np.nan)
+                                                      for n in names]).reshape(-1, 3)
     spatial = {} if positions is None else {"gps": digest(positions.round(3).tolist()),
                                             "gps_pairs": [matching.GPS_NEIGHBOURS, matching.GPS_MAX_DISTANCE_M]}
     pairs = Stage.open(work, "pairs", {"extract": extract.key, "pairs": asdict(pairs_conf),
@@ -234,7 +238,6 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
         rigs_and_frames = None
         if plan.rig is not None:
             cameras, camera_of, rigs_and_frames = sfm_rigs(plan.rig, names, cameras, camera_of)
-        priors = None if plan.gps is None else position_priors(plan.gps, EnuFrame.around(list(plan.gps.values())))
         database = Stage.open(work, "database", {
             "matches": matches.key, "verify": asdict(preset.verify),
             "cameras": {k: [c.model.name, c.width, c.height, list(map(float, c.params)), c.has_prior_focal_length]
@@ -287,18 +290,6 @@ def _run(plan: _Plan, executor: Executor, checkpoint_seconds: float = CHECKPOINT
         write_manifest(tmp, manifest)
     logger.info("map written to %s: %s", plan.out, manifest.summary)
     return manifest
-
-
-def _gps_positions(plan: _Plan, names: list[str]) -> np.ndarray | None:
-    """SfM with --gps: ``(N, 3)`` east-north-up metres of ``names`` (NaN rows: no fix), for spatial pairs."""
-    if plan.gps is None or plan.reference is not None:
-        return None
-    frame = EnuFrame.around(list(plan.gps.values()))
-    positions = np.full((len(names), 3), np.nan)
-    for i, name in enumerate(names):
-        if name in plan.gps:
-            positions[i] = frame.fixes_to_enu([plan.gps[name]])[0]
-    return positions
 
 
 def _exif_cameras(plan: _Plan, rec: pycolmap.Reconstruction) -> list[dict]:

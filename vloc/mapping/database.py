@@ -72,15 +72,17 @@ def trivial_rigs_and_frames(cameras: dict[int, pycolmap.Camera],
                             images: dict[int, tuple[str, int]]) -> tuple[list[pycolmap.Rig], list[pycolmap.Frame]]:
     """A one-camera rig per camera (rig id = camera id) and a one-image frame per image (frame
     id = image id), as pycolmap makes them for a model without rigs."""
-    rigs, frames = [], []
-    for camera_id in cameras:
-        rig = pycolmap.Rig()
-        rig.rig_id = camera_id
-        rig.add_ref_sensor(camera_sensor(camera_id))
-        rigs.append(rig)
-    for image_id, (_, camera_id) in images.items():
-        frames.append(image_frame(image_id, camera_id, rig_id=camera_id))
+    rigs = [camera_rig(camera_id, rig_id=camera_id) for camera_id in cameras]
+    frames = [image_frame(image_id, camera_id, rig_id=camera_id) for image_id, (_, camera_id) in images.items()]
     return rigs, frames
+
+
+def camera_rig(camera_id: int, rig_id: int) -> pycolmap.Rig:
+    """A rig of one camera (its reference sensor)."""
+    rig = pycolmap.Rig()
+    rig.rig_id = rig_id
+    rig.add_ref_sensor(camera_sensor(camera_id))
+    return rig
 
 
 def image_frame(image_id: int, camera_id: int, rig_id: int) -> pycolmap.Frame:

@@ -22,7 +22,7 @@ import pycolmap
 
 from vloc.io.poses import rotation_angle_deg
 from vloc.io.rigs import Rig, RigCapture, RigLayout
-from vloc.mapping.database import camera_sensor, image_frame
+from vloc.mapping.database import camera_rig, camera_sensor, image_frame
 
 RIG_ROTATION_TOLERANCE_DEG = 1e-3  # a reference pose farther from its rig than this is an error
 RIG_TRANSLATION_TOLERANCE = 1e-5  # the same, times the reference's extent (its units)
@@ -184,39 +184,12 @@ def find_rig(model: pycolmap.Reconstruction, rig: Rig) -> tuple[int, dict[str, i
 def sfm_rigs(layout: RigLayout, names: list[str], cameras: dict[int, pycolmap.Camera], camera_of: list[int],
              ) -> tuple[dict[int, pycolmap.Camera], list[int], tuple[list[pycolmap.Rig], list[pycolmap.Frame]]]:
     """For SfM of ``names`` (image ids 1..N in that order) with ``cameras`` and each image's
-    camera id ``camera_of``: the cameras with one per rig camera, each image's camera id, and
-    every rig and frame (rig frames after the images' ids; others one-image frames)."""
+    camera id ``camera_of``: :func:`extension_rigs` of an empty model (the cameras with one per
+    rig camera, each image's camera id in the same order, every rig and frame)."""
     ids = {n: i + 1 for i, n in enumerate(names)}
-    plan = RigPlan.make(layout, max(cameras) + 1, max(cameras) + 1)
-    in_rig = {n: key for n, key in layout.camera_of().items() if n in ids}
-    rig_cameras = _rig_cameras(layout, plan, {n: cameras[camera_of[i]] for i, n in enumerate(names)},
-                               layout.source)
-    new_of = [plan.camera_ids[in_rig[n]] if n in in_rig else camera_of[i] for i, n in enumerate(names)]
-    used = set(new_of)
-    kept = {k: c for k, c in {**cameras, **rig_cameras}.items() if k in used}
-    rigs = [plan.colmap_rig(layout, name) for name in layout.rigs]
-    frames = []
-    for camera_id in sorted({camera_of[i] for i, n in enumerate(names) if n not in in_rig}):
-        rig = pycolmap.Rig()
-        rig.rig_id = camera_id  # below the rigs' ids (RigPlan starts above every camera id)
-        rig.add_ref_sensor(camera_sensor(camera_id))
-        rigs.append(rig)
-    for i, name in enumerate(names):
-        if name not in in_rig:
-            frames.append(image_frame(i + 1, camera_of[i], rig_id=camera_of[i]))
-    frame_id = len(names) + 1
-    for capture in layout.captures:
-        present = {camera: image for camera, image in capture.images.items() if image in ids}
-        if not present:
-            continue
-        frame = pycolmap.Frame()
-        frame.frame_id, frame.rig_id = frame_id, plan.rig_ids[capture.rig]
-        for camera, image in present.items():
-            frame.add_data_id(pycolmap.data_t(sensor_id=camera_sensor(plan.camera_ids[(capture.rig, camera)]),
-                                              id=ids[image]))
-        frames.append(frame)
-        frame_id += 1
-    return kept, new_of, (rigs, frames)
+    kept, new_of, rigs_and_frames = extension_rigs(pycolmap.Reconstruction(), layout, ids, cameras,
+                                                   dict(zip(names, camera_of, strict=True)))
+    return kept, [new_of[n] for n in names], rigs_and_frames
 
 
 def extension_rigs(
@@ -266,11 +239,8 @@ def extension_rigs(
             continue
         camera_id = camera_of[name]
         if camera_id not in rig_of_camera:
-            rig = pycolmap.Rig()
-            rig.rig_id, next_rig = next_rig, next_rig + 1
-            rig.add_ref_sensor(camera_sensor(camera_id))
-            rigs.append(rig)
-            rig_of_camera[camera_id] = rig.rig_id
+            rigs.append(camera_rig(camera_id, rig_id=next_rig))
+            rig_of_camera[camera_id], next_rig = next_rig, next_rig + 1
         frame = image_frame(image_id, camera_id, rig_id=rig_of_camera[camera_id])
         frame.frame_id, frame_id = frame_id, frame_id + 1
         frames.append(frame)

@@ -11,22 +11,22 @@ from vloc.report.page import figure_html
 MAP_COLOUR, QUERY_COLOUR = "rgb(120,120,120)", "rgb(31,119,180)"
 
 
-def ground_plane_html(geo: GeoInfo | None, model: pycolmap.Reconstruction,
+def ground_plane_html(geo: GeoInfo | None, map_centres: dict[str, np.ndarray],
                       queries: dict[str, pycolmap.Rigid3d] | None = None) -> str:
-    """A top-down plot (east, north; equal scales) of the map's cameras and the localized
-    ``queries``; ``""`` for a map that is not geo-registered (its frame has no ground plane)."""
+    """A top-down plot (east, north; equal scales) of the map's camera centres (name -> ``(3,)``)
+    and the localized ``queries``; ``""`` for a map that is not geo-registered (its frame has no
+    ground plane)."""
     if geo is None:
         return ""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    groups = [("map images", MAP_COLOUR, {im.name: im.cam_from_world() for im in model.images.values()
-                                          if im.has_pose})]
+    groups = [("map images", MAP_COLOUR, map_centres)]
     if queries:
-        groups.append(("localized queries", QUERY_COLOUR, queries))
-    for label, colour, poses in groups:
-        names = sorted(poses)
-        centres = np.array([poses[n].inverse().translation for n in names]).reshape(-1, 3)
+        groups.append(("localized queries", QUERY_COLOUR, {n: p.inverse().translation for n, p in queries.items()}))
+    for label, colour, centres_of in groups:
+        names = sorted(centres_of)
+        centres = np.array([centres_of[n] for n in names], np.float64).reshape(-1, 3)
         fig.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", name=f"{label} ({len(names)})",
                                  text=names, hovertemplate="%{text}<br>%{x:.1f} m E, %{y:.1f} m N<extra></extra>",
                                  marker=dict(size=6 if label == "map images" else 8, color=colour)))

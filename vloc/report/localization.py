@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pycolmap
 
 from vloc.io.poses import read_poses
 from vloc.mapping.manifest import GeoInfo
-from vloc.mapping.map_dir import MODEL_DIR
 from vloc.report.ground import ground_plane_html
 from vloc.report.page import esc, figure_html, jpeg_data_uri, table_html, write_page
 
@@ -260,7 +258,7 @@ def write_localization_report(poses: Path | str, out: Path | str, gt: Path | str
     ordered = sorted(queries, key=lambda q: (q.get("status") == "localized", q.get("name", "")))
     cards = [_card(q, run, side, errors) for q in tqdm(ordered, desc="report", unit="query")]
     ground = "" if run.geo is None else ground_plane_html(
-        run.geo, pycolmap.Reconstruction(str(run.map_dir / MODEL_DIR)), read_poses(run.poses))
+        run.geo, {side.store.name(r): side.store.centres[r] for r in range(len(side.store))}, read_poses(run.poses))
     body = (f"<h1>vloc localization report: {esc(run.poses.name)}</h1>" + _summary(run) + ground + error_html
             + f"<h2>Queries ({len(queries)}, failed first)</h2>"
             + ("".join(cards) if cards else "<p>This run has no queries.</p>")

@@ -119,6 +119,7 @@ def write_map_view(map_dir: Path | str, out: Path | str, poses: Path | str | Non
     body = (f"<h1>vloc map: {esc(map_dir)}</h1><p>{model.num_reg_images()} images, {model.num_points3D()} "
             f"points3D (shown: at most {max_points:,}); preset <code>{esc(manifest.preset_name)}</code>. Drag to "
             "rotate, scroll to zoom, hover a camera for its name.</p>" + figure_html(fig)
-            + ground_plane_html(manifest.geo, model, queries))
+            + ground_plane_html(manifest.geo, {im.name: im.projection_center() for im in model.images.values()
+                                                if im.has_pose}, queries))
     data = {"kind": "map-view", "cameras": model.num_reg_images(), "queries": len(queries or {})}
     return write_page(out, f"vloc view {map_dir.name}", body, data)

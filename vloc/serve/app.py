@@ -38,8 +38,8 @@ from starlette.routing import BaseRoute
 from vloc import __version__
 from vloc.io.images import ImageReadError
 from vloc.io.poses import qt_from_rigid
-from vloc.localization.localizer import prepare_query
 from vloc.io.rigs import Rig
+from vloc.localization.localizer import prepare_query
 from vloc.localization.result import LocalizationResult
 from vloc.localization.rig import RigLocalizationResult
 from vloc.serve.bodies import FIELDS, HttpError, fields_from_body
@@ -180,15 +180,25 @@ class Service:
             raise HttpError(400, f"body ended after {len(body)} of {length} bytes", {"Connection": "close"})
         return body
 
-    async def localize(self, request: Request, served: ServedMap) -> dict:
+    async def _request(self, request: Request, only: tuple[str, str] | None = None,
+                       ) -> tuple[float, str, str, dict[str, list[str]], bytes]:
+        """Arrival time, body kind, Content-Type, query string and the body, read within the limits;
+        ``only``: (the one body kind the route takes, the 415's message for another)."""
         arrived = time.monotonic()
         kind, content_type, query = self._check_headers(request)
+        if only is not None and kind != only[0]:
+            raise HttpError(415, only[1], {"Connection": "close"})
         length = int(request.headers["content-length"])
-        body = await self._read_body(request, length, arrived + self.conf.body_timeout_s)
+        return arrived, kind, content_type, query, await self._read_body(request, length,
+                                                                         arrived + self.conf.body_timeout_s)
+
+    async def localize(self, request: Request, served: ServedMap) -> dict:
+        arrived, kind, content_type, query, body = await self._request(request)
         image, fields = fields_from_body(kind, content_type, body, query)
         if not image:
             raise HttpError(400, "the image is empty")
         name = fields["name"] or "query"
+
         def work() -> LocalizationResult:
             try:
                 query = prepare_query(image, fields["camera"], name)
@@ -239,13 +249,8 @@ class Service:
 
     async def localize_rig(self, request: Request, served: ServedMap) -> dict:
         """``POST .../localize_rig``: one multipart part per camera of the rig (:mod:`vloc.serve.rig`)."""
-        arrived = time.monotonic()
-        kind, content_type, query = self._check_headers(request)
-        if kind != "multipart/form-data":
-            raise HttpError(415, "a rig localization is multipart/form-data: one image part per camera",
-                            {"Connection": "close"})
-        length = int(request.headers["content-length"])
-        body = await self._read_body(request, length, arrived + self.conf.body_timeout_s)
+        arrived, _, content_type, _, body = await self._request(request, only=(
+            "multipart/form-data", "a rig localization is multipart/form-data: one image part per camera"))
         rig, images, cameras, name = rig_request(body, content_type, self.rigs)
 
         def work() -> RigLocalizationResult:
