@@ -24,16 +24,10 @@ import numpy as np
 from vloc.io.cameras import camera_from_text
 from vloc.localization.localizer import Localizer
 from vloc.localization.tracking import Tracker, iter_frames
-from vloc.io.rosmsg import camera_from_info, image_from_msg
-from vloc.serve.ros2 import fill_pose_with_covariance, fill_transform
+from vloc.io.rosmsg import (camera_from_info, fill_pose_with_covariance, fill_transform, image_from_msg,
+                           map_from_camera)
 
 logger = logging.getLogger("vloc.ros2")
-
-
-def world_from_cam(result) -> tuple[np.ndarray, np.ndarray]:
-    """``(position xyz, quaternion xyzw)`` of the camera in the map frame (ROS order)."""
-    pose = result.cam_from_world.inverse()
-    return np.asarray(pose.translation), np.asarray(pose.rotation.quat)
 
 
 def run_ros(tracker: Tracker, topic: str, info_topic: str, child_frame: str) -> None:
@@ -102,7 +96,7 @@ def main() -> None:
         for stamp, name, image in iter_frames(args.frames, fps=10.0):
             result = tracker.track(image, name=name)
             if result.success:
-                xyz, q = world_from_cam(result)
+                xyz, q = map_from_camera(result)
                 print(f"{stamp:.3f} {name} position {np.round(xyz, 4).tolist()} quat_xyzw {np.round(q, 5).tolist()}")
             else:
                 print(f"{stamp:.3f} {name} failed: {result.reason}")

@@ -11,8 +11,7 @@ import pytest
 
 from vloc.io.poses import world_pose_covariance
 from vloc.localization.result import LocalizationResult
-from vloc.io.rosmsg import camera_from_info, decode_image
-from vloc.serve.ros2 import fill_pose_with_covariance, fill_transform
+from vloc.io.rosmsg import camera_from_info, decode_image, fill_pose_with_covariance, fill_transform
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from vloc.config import DEFAULT_PRESET, PRESETS, Preset
@@ -202,41 +203,82 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _track_frames(args: argparse.Namespace) -> Iterator:
+    """``vloc track``'s input as :class:`vloc.io.bags.BagFrame` s: a bag's, or a folder's or video's
+    (stamped ``index / fps`` or by the video; an image file keeps its bytes for ``--mcap-images``)."""
+    from vloc.io.bags import BagFrame, iter_bag_frames
+    from vloc.localization.tracking import iter_frames
+
+    if args.bag is not None:
+        if not args.image_topic:
+            raise ValueError("--bag needs --image-topic")
+        yield from iter_bag_frames(args.bag, args.image_topic, args.camera_info_topic, args.start, args.end,
+                                   args.every)
+        return
+    for stamp, name, image in iter_frames(args.frames, args.fps):
+        compressed = None
+        if isinstance(image, Path) and args.mcap_images and image.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            compressed = ("png" if image.suffix.lower() == ".png" else "jpeg", image.read_bytes())
+        yield BagFrame(round(stamp * 1e9), name, image, None, "camera", compressed)
+
+
 def cmd_track(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     from vloc.io.cameras import camera_from_text
-    from vloc.io.trajectories import write_kitti_poses, write_tum_trajectory
+    from vloc.io.files import JsonListStream
+    from vloc.io.trajectories import TrajectoryStream
     from vloc.localization.localizer import Localizer
-    from vloc.localization.tracking import Tracker, iter_frames
+    from vloc.localization.tracking import Tracker
 
+    if args.mcap_images and args.mcap is None:
+        raise ValueError("--mcap-images needs --mcap")
     camera = camera_from_text(args.camera, "--camera") if args.camera else None
     tracker = Tracker(Localizer.load(args.map, args.preset), args.radius, camera)
-    stamped, log = [], []
-    if args.bag is not None:
-        from vloc.io.bags import iter_bag_frames
+    localized = total = 0
+    with ExitStack() as outputs:  # each output is written as frames come and appears when the run ends
+        poses = outputs.enter_context(TrajectoryStream(args.tum, args.kitti))
+        log = outputs.enter_context(JsonListStream(args.log, dict(radius=tracker.radius), "frames")) if args.log else None
+        recorder = None
+        if args.mcap is not None:
+            from vloc.io.mcap_writer import mcap_recorder
 
-        if not args.image_topic:
-            raise ValueError("--bag needs --image-topic")
-        frames = ((f.stamp, f.name, f.image, None if camera is not None else f.camera) for f in iter_bag_frames(
-            args.bag, args.image_topic, args.camera_info_topic, args.start, args.end, args.every))
-    else:
-        frames = ((stamp, name, image, None) for stamp, name, image in iter_frames(args.frames, args.fps))
-    for stamp, name, image, frame_camera in tqdm(frames, desc="track", unit="frame"):
-        result = tracker.track(image, frame_camera, name=name)
-        log.append(dict(result.to_dict(), timestamp=stamp))
-        if result.success:
-            stamped.append((stamp, result.cam_from_world))
-    if args.tum:
-        write_tum_trajectory(args.tum, stamped)
-    if args.kitti:
-        write_kitti_poses(args.kitti, [pose for _, pose in stamped])
-    if args.log:
-        from vloc.io.files import write_text_atomic
-
-        write_text_atomic(args.log, json.dumps(dict(radius=tracker.radius, frames=log), indent=1))
-    print(f"localized {len(stamped)}/{len(log)} frames (prior radius {tracker.radius:.3g} map units)")
+            recorder = outputs.enter_context(mcap_recorder(args.mcap))
+        for frame in tqdm(_track_frames(args), desc="track", unit="frame"):
+            result = tracker.track(frame.image, None if camera is not None else frame.camera, name=frame.name)
+            total += 1
+            if log is not None:
+                log.add(dict(result.to_dict(), timestamp=frame.stamp))
+            if result.success:
+                localized += 1
+                poses.add(frame.stamp, result.cam_from_world)
+            if recorder is not None:
+                _record_frame(recorder, args, frame, result)
+    print(f"localized {localized}/{total} frames (prior radius {tracker.radius:.3g} map units)")
     return 0
+
+
+def _record_frame(recorder, args: argparse.Namespace, frame, result) -> None:
+    """One frame into ``--mcap`` (the map's points before the first)."""
+    from vloc.io.images import read_image
+    from vloc.io.mcap_writer import compress_image
+
+    if not recorder.map_written:
+        from vloc.mapping.map_dir import MODEL_DIR
+        from vloc.report.view3d import sample_points
+
+        import pycolmap
+
+        model = pycolmap.Reconstruction(str(args.map / MODEL_DIR))
+        xyz, rgb = sample_points(model, len(model.points3D))
+        recorder.map_points(xyz, rgb, frame.stamp_ns)
+    image = None
+    if args.mcap_images:
+        image = frame.compressed or compress_image(frame.image if not isinstance(frame.image, Path)
+                                                   else read_image(frame.image))
+    recorder.frame(frame.stamp_ns, frame.frame_id, result, sum(result.timings.values()), image)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -488,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--map", type=Path, required=True)
     source = tr.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", type=Path, help="image folder (sorted by name) or video file")
-    source.add_argument("--bag", type=Path, help="a ROS 1 bag or ROS 2 bag (sqlite3 or MCAP; `vloc[robot]`): "
-                        "frames from --image-topic, timestamps from the headers")
+    source.add_argument("--bag", type=Path, help="a ROS 1 bag, a ROS 2 bag (sqlite3 or MCAP) or a plain MCAP file "
+                        "of ROS 2 messages (`vloc[robot]`): frames from --image-topic, timestamps from the headers")
     tr.add_argument("--image-topic", help="with --bag: sensor_msgs/Image or CompressedImage topic")
     tr.add_argument("--camera-info-topic", help="with --bag: CameraInfo topic for the intrinsics (--camera wins)")
     tr.add_argument("--start", type=float, help="with --bag: seconds from the bag's start")
@@ -502,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tum", type=Path, help="TUM trajectory 'timestamp tx ty tz qx qy qz qw', localized frames")
     tr.add_argument("--kitti", type=Path, help="KITTI poses (3x4 camera-to-world rows), localized frames only")
     tr.add_argument("--log", type=Path, help="JSON log of every frame (status, reason, timings, timestamp)")
+    tr.add_argument("--mcap", type=Path, help="an MCAP file for Foxglove / ROS 2 tools (`vloc[robot]`): poses on "
+                    "/vloc/pose, TF on /tf, the map's points on /vloc/map, per-frame status on /vloc/status")
+    tr.add_argument("--mcap-images", action="store_true", help="with --mcap: the input images too, compressed, "
+                    "on /vloc/image")
     tr.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     tr.set_defaults(func=cmd_track)
 

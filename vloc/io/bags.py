@@ -29,12 +29,21 @@ CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 @dataclass(frozen=True)
 class BagFrame:
     """``image``: ``(H, W)`` grey or ``(H, W, 3)`` RGB uint8; ``camera``: from the CameraInfo topic,
-    or None; ``name``: the topic's last part and the stamp in nanoseconds (unique, sortable)."""
+    or None; ``name``: the topic's last part and the stamp in nanoseconds (unique, sortable);
+    ``stamp_ns``: the header stamp; ``frame_id``: the header's frame; ``compressed``: ``(format,
+    bytes)`` of a CompressedImage as recorded, None for a raw Image."""
 
-    stamp: float
+    stamp_ns: int
     name: str
     image: np.ndarray
     camera: pycolmap.Camera | None
+    frame_id: str = "camera"
+    compressed: tuple[str, bytes] | None = None
+
+    @property
+    def stamp(self) -> float:
+        """The header stamp in seconds."""
+        return self.stamp_ns / 1e9
 
 
 def _reader(path: Path) -> Any:
@@ -98,8 +107,13 @@ def iter_bag_frames(path: Path | str, image_topic: str, camera_info_topic: str |
             index += 1
             if (index - 1) % every:
                 continue
-            image = image_from_compressed(msg) if connection.msgtype == COMPRESSED else image_from_msg(msg)
             stamp = _stamp(msg)
-            yield BagFrame(stamp / 1e9, f"{label}_{stamp:019d}", image, camera)
+            if connection.msgtype == COMPRESSED:
+                compressed = (str(msg.format), bytes(msg.data))
+                image = image_from_compressed(msg)
+            else:
+                compressed, image = None, image_from_msg(msg)
+            yield BagFrame(stamp, f"{label}_{stamp:019d}", image, camera, str(msg.header.frame_id) or "camera",
+                           compressed)
     finally:
         reader.close()

@@ -1,16 +1,21 @@
-"""ROS message conversion without ROS: ``sensor_msgs/Image`` (every encoding below) and
-``CompressedImage`` (JPEG, PNG) to arrays, ``CameraInfo`` to a COLMAP camera. One module for
-every reader: the ROS 2 node (``scripts/ros2_localizer_node.py``) and the bag reader
-(:mod:`vloc.io.bags`) take messages that have these fields, from rclpy or from ``rosbags``.
+"""ROS message conversion without ROS, one module for every reader and writer: the ROS 2 node
+(``scripts/ros2_localizer_node.py``), the bag reader (:mod:`vloc.io.bags`) and the MCAP writer
+(:mod:`vloc.io.mcap_writer`) take or fill messages that have these fields, from rclpy or ``rosbags``.
+
+In: ``sensor_msgs/Image`` (every encoding below) and ``CompressedImage`` (JPEG, PNG) to arrays,
+``CameraInfo`` to a COLMAP camera. Out: a localized pose as ROS fields (the camera in the map
+frame, quaternion x, y, z, w; the 6x6 covariance in ROS order: x, y, z, then rotation about x, y, z).
 """
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
 import pycolmap
 
 from vloc.io.cameras import camera_from_fields
+from vloc.io.poses import world_pose_covariance
 
 # encoding -> (channels, dtype, OpenCV conversion to RGB or None, order of the colour channels)
 _PLAIN = {
@@ -107,14 +112,49 @@ def camera_from_info(width: int, height: int, k: list[float], d: list[float], di
 
 def image_from_compressed(msg: Any) -> np.ndarray:
     """A ``sensor_msgs/CompressedImage`` (JPEG or PNG; ``format`` as image_transport writes it) ->
-    uint8 grey or RGB (16-bit PNG scaled to 8 bits)."""
-    import cv2
+    ``(H, W, 3)`` RGB uint8, decoded by :func:`vloc.io.images.read_image` as image files are (so a
+    recorded frame and the same file give the same pixels).
 
-    image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"CompressedImage ({msg.format or 'no format'}, {len(msg.data)} bytes) does not decode")
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
+    Raises:
+        vloc.io.images.ImageReadError: (a ValueError) the data does not decode; the message names it.
+    """
+    from vloc.io.images import read_image
+
+    data = bytes(msg.data)
+    return read_image(io.BytesIO(data), name=f"CompressedImage ({msg.format or 'no format'}, {len(data)} bytes)")
+
+
+def map_from_camera(result: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A localized result's camera in the map frame: ``(position (3,), quaternion x, y, z, w (4,))``
+    (pycolmap and ROS share the quaternion order)."""
+    world_from_cam = result.cam_from_world.inverse()
+    return np.asarray(world_from_cam.translation, float), np.asarray(world_from_cam.rotation.quat, float)
+
+
+def pose_covariance(result: Any) -> np.ndarray:
+    """``(36,)`` row-major covariance of the camera's pose in the map frame, in ROS order; zeros when
+    the result has none."""
+    if result.covariance is None:
+        return np.zeros(36)
+    return world_pose_covariance(result.cam_from_world, result.covariance).ravel()
+
+
+def fill_pose_with_covariance(msg: Any, result: Any, stamp: Any, frame_id: str = "map") -> Any:
+    """Set a ``geometry_msgs/PoseWithCovarianceStamped``'s fields from a localized result."""
+    position, quat = map_from_camera(result)
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    p, o = msg.pose.pose.position, msg.pose.pose.orientation
+    p.x, p.y, p.z = map(float, position)
+    o.x, o.y, o.z, o.w = map(float, quat)
+    msg.pose.covariance = [float(v) for v in pose_covariance(result)]
+    return msg
+
+
+def fill_transform(msg: Any, result: Any, stamp: Any, frame_id: str = "map", child_frame_id: str = "camera") -> Any:
+    """Set a ``geometry_msgs/TransformStamped`` (map -> camera) from a localized result."""
+    position, quat = map_from_camera(result)
+    msg.header.stamp, msg.header.frame_id, msg.child_frame_id = stamp, frame_id, child_frame_id
+    t, r = msg.transform.translation, msg.transform.rotation
+    t.x, t.y, t.z = map(float, position)
+    r.x, r.y, r.z, r.w = map(float, quat)
+    return msg

@@ -6,12 +6,13 @@ Functions here take and return cam_from_world (COLMAP) so callers never mix conv
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 
-from vloc.io.files import write_text_atomic
+from vloc.io.files import atomic_open, write_text_atomic
 from vloc.io.text import data_lines, parse_floats
 
 
@@ -39,12 +40,12 @@ def read_kitti_poses(path: Path | str) -> list[pycolmap.Rigid3d]:
     return poses
 
 
+def kitti_line(cam_from_world: pycolmap.Rigid3d) -> str:
+    return " ".join(f"{v:.9e}" for v in cam_from_world.inverse().matrix().reshape(-1))
+
+
 def write_kitti_poses(path: Path | str, cam_from_world: list[pycolmap.Rigid3d]) -> None:
-    lines = []
-    for pose in cam_from_world:
-        m = pose.inverse().matrix()
-        lines.append(" ".join(f"{v:.9e}" for v in m.reshape(-1)))
-    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    write_text_atomic(Path(path), "".join(kitti_line(pose) + "\n" for pose in cam_from_world))
 
 
 def read_tum_trajectory(path: Path | str) -> list[tuple[float, pycolmap.Rigid3d]]:
@@ -57,11 +58,33 @@ def read_tum_trajectory(path: Path | str) -> list[tuple[float, pycolmap.Rigid3d]
     return out
 
 
+def tum_line(stamp: float, cam_from_world: pycolmap.Rigid3d) -> str:
+    world_from_cam = cam_from_world.inverse()
+    q = world_from_cam.rotation.quat  # xyzw, TUM's order
+    return " ".join([f"{stamp:.6f}"] + [f"{v:.9g}" for v in (*world_from_cam.translation, *q)])
+
+
 def write_tum_trajectory(path: Path | str, stamped: list[tuple[float, pycolmap.Rigid3d]]) -> None:
-    lines = []
-    for stamp, pose in stamped:
-        world_from_cam = pose.inverse()
-        t = world_from_cam.translation
-        q = world_from_cam.rotation.quat  # xyzw, TUM's order
-        lines.append(" ".join([f"{stamp:.6f}"] + [f"{v:.9g}" for v in (*t, *q)]))
-    write_text_atomic(Path(path), "\n".join(lines) + "\n")
+    write_text_atomic(Path(path), "".join(tum_line(stamp, pose) + "\n" for stamp, pose in stamped))
+
+
+class TrajectoryStream:
+    """TUM and/or KITTI files written a pose at a time, so a long recording's poses are never all in
+    memory; each file appears (atomically) when the stream closes without an error."""
+
+    def __init__(self, tum: Path | str | None = None, kitti: Path | str | None = None):
+        self._stack = ExitStack()
+        self._files = {fmt: self._stack.enter_context(atomic_open(path))
+                       for fmt, path in (("tum", tum), ("kitti", kitti)) if path is not None}
+
+    def add(self, stamp: float, cam_from_world: pycolmap.Rigid3d) -> None:
+        if "tum" in self._files:
+            self._files["tum"].write(tum_line(stamp, cam_from_world) + "\n")
+        if "kitti" in self._files:
+            self._files["kitti"].write(kitti_line(cam_from_world) + "\n")
+
+    def __enter__(self) -> "TrajectoryStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.__exit__(*exc)
