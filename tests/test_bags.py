@@ -6,6 +6,7 @@ mcap-ros2-support's decoder (which vloc does not use to write)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pycolmap
 import pytest
 
 from vloc.cli import main
+from vloc.io.bag_stream import TruncatedBagError
 from vloc.io.bags import iter_bag_frames
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
@@ -140,8 +142,11 @@ def _write_ros2(path: Path, seq: Sequence, storage: StoragePlugin, compressed: b
     return topic
 
 
-def _write_ros1(path: Path, seq: Sequence) -> str:
-    with Writer1(path) as writer:
+def _write_ros1(path: Path, seq: Sequence, small_chunks: bool = False) -> str:
+    writer = Writer1(path)
+    if small_chunks:
+        writer.chunk_threshold = 1  # a chunk per message, as a recorder flushing often writes them
+    with writer:
         images = writer.add_connection("/cam/image/compressed", COMPRESSED, typestore=ROS1_STORE)
         infos = writer.add_connection("/cam/camera_info", INFO, typestore=ROS1_STORE)
         for t, info, image in _messages(ROS1_STORE, seq, compressed=True):
@@ -150,10 +155,10 @@ def _write_ros1(path: Path, seq: Sequence) -> str:
     return "/cam/image/compressed"
 
 
-def _write_plain_mcap(path: Path, seq: Sequence) -> str:
+def _write_plain_mcap(path: Path, seq: Sequence, small_chunks: bool = False) -> str:
     """A plain MCAP file (no rosbag2 metadata) written by mcap-ros2-support's writer."""
     with open(path, "wb") as stream:
-        writer = McapRos2Writer(stream)
+        writer = McapRos2Writer(stream, chunk_size=1024) if small_chunks else McapRos2Writer(stream)
         schemas = {t: writer.register_msgdef(t, STORE.generate_msgdef(t, ros_version=2)[0]) for t in (RAW, INFO)}
         for t, info, image in _messages(STORE, seq, compressed=False):
             writer.write_message("/cam/camera_info", schemas[INFO], _as_dict(info), log_time=t, publish_time=t)
@@ -204,7 +209,6 @@ def test_mcap_output_reads_back_with_mcaps_own_decoder(kitti_seq, tmp_path):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
-    from vloc.io.bags import iter_bag_frames
     from vloc.io.rosmsg import fill_pose_with_covariance
     from vloc.localization.localizer import Localizer
     from vloc.localization.tracking import Tracker
@@ -283,8 +287,58 @@ def test_bag_errors_name_the_bag_and_topics(kitti_seq, tmp_path):
     with pytest.raises(ValueError, match="carries sensor_msgs/msg/CameraInfo"):
         list(iter_bag_frames(bag, "/cam/camera_info"))
     assert [f.name for f in iter_bag_frames(bag, "/cam/image_raw", every=2)] == [f"image_raw_{_ns(0):019d}"]
-    truncated = tmp_path / "cut.bag"
+    truncated = tmp_path / "cut.bag"  # cut inside the bag header: nothing to read, and the topic is unknown
     _write_ros1(truncated, two)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    with pytest.raises(ValueError, match="cut.bag: not a readable ROS 1 or ROS 2 bag"):
+    with pytest.raises(ValueError, match=r"cut.bag: no topic '/cam/image/compressed'; its image topics: none"):
         list(iter_bag_frames(truncated, "/cam/image/compressed"))
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a recording")
+    with pytest.raises(ValueError, match="notes.txt: not a readable ROS 1 or ROS 2 bag or MCAP file"):
+        list(iter_bag_frames(foreign, "/cam/image_raw"))
+
+
+@pytest.mark.parametrize("kind", ["ros1", "plain-mcap"])
+def test_a_cut_recording_gives_its_complete_frames_then_says_where_it_stopped(kind, kitti_seq, tmp_path):
+    bag, cut = tmp_path / f"run.{'bag' if kind == 'ros1' else 'mcap'}", tmp_path / f"cut.{'bag' if kind == 'ros1' else 'mcap'}"
+    topic = (_write_ros1 if kind == "ros1" else _write_plain_mcap)(bag, kitti_seq, small_chunks=True)
+    whole = list(iter_bag_frames(bag, topic, "/cam/camera_info"))
+    cut.write_bytes(bag.read_bytes()[: int(bag.stat().st_size * 0.7)])
+    got = []
+    with pytest.raises(TruncatedBagError, match=r"cut\.\w+: truncated at byte \d+ of \d+ \(inside a .*; read the \d+ "):
+        for frame in iter_bag_frames(cut, topic, "/cam/camera_info"):
+            got.append(frame)
+    assert 4 <= len(got) < len(whole)
+    for a, b in zip(got, whole):
+        assert a.name == b.name and a.camera is not None
+        np.testing.assert_array_equal(a.image, b.image)
+    # vloc track writes the frames before the cut, then fails saying where it stopped
+    assert main(["track", "--map", str(kitti_seq.map), "--bag", str(cut), "--image-topic", topic,
+                 "--camera-info-topic", "/cam/camera_info", "--log", str(tmp_path / "log.json")]) == 1
+    logged = json.loads((tmp_path / "log.json").read_text())["frames"]
+    assert [f["name"] for f in logged] == [f.name for f in got]
+
+
+def _write_one_frame(path: Path, seq: Sequence, encoding: str = "mono8", info_width_delta: int = 0) -> None:
+    pixels = cv2.imread(str(seq.folder / seq.names[0]), cv2.IMREAD_UNCHANGED)
+    h, w = pixels.shape
+    with Writer2(path, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        images = writer.add_connection("/cam/image_raw", RAW, typestore=STORE)
+        infos = writer.add_connection("/cam/camera_info", INFO, typestore=STORE)
+        info = _camera_info(STORE, w + info_width_delta, h, seq.params, _header(STORE, 0))
+        writer.write(infos, T0, STORE.serialize_cdr(info, INFO))
+        image = STORE.types[RAW](header=_header(STORE, 0), height=h, width=w, encoding=encoding, is_bigendian=0,
+                                 step=w, data=pixels.ravel())
+        writer.write(images, T0 + 1, STORE.serialize_cdr(image, RAW))
+
+
+def test_an_unknown_encoding_or_a_camera_info_of_another_size_is_named(kitti_seq, tmp_path):
+    _write_one_frame(tmp_path / "enc", kitti_seq, encoding="32FC1")
+    with pytest.raises(ValueError, match=r"enc: /cam/image_raw message stamped 1700000000\.123456789: image "
+                                         r"encoding '32FC1' is not supported; supported: mono8"):
+        list(iter_bag_frames(tmp_path / "enc", "/cam/image_raw"))
+    _write_one_frame(tmp_path / "size", kitti_seq, info_width_delta=1)
+    with pytest.raises(ValueError, match=r"size: the CameraInfo before /cam/image_raw's message stamped "
+                                         r"1700000000\.123456789 is for 1242x376 images, the image is 1241x376"):
+        list(iter_bag_frames(tmp_path / "size", "/cam/image_raw", "/cam/camera_info"))
+    assert len(list(iter_bag_frames(tmp_path / "size", "/cam/image_raw"))) == 1  # without CameraInfo: read

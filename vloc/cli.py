@@ -227,6 +227,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from vloc.io.bag_stream import TruncatedBagError
     from vloc.io.cameras import camera_from_text
     from vloc.io.files import JsonListStream
     from vloc.io.trajectories import TrajectoryStream
@@ -246,17 +247,25 @@ def cmd_track(args: argparse.Namespace) -> int:
             from vloc.io.mcap_writer import mcap_recorder
 
             recorder = outputs.enter_context(mcap_recorder(args.mcap))
-        for frame in tqdm(_track_frames(args), desc="track", unit="frame"):
-            result = tracker.track(frame.image, None if camera is not None else frame.camera, name=frame.name)
-            total += 1
-            if log is not None:
-                log.add(dict(result.to_dict(), timestamp=frame.stamp))
-            if result.success:
-                localized += 1
-                poses.add(frame.stamp, result.cam_from_world)
-            if recorder is not None:
-                _record_frame(recorder, args, frame, result)
+        try:
+            for frame in tqdm(_track_frames(args), desc="track", unit="frame"):
+                result = tracker.track(frame.image, None if camera is not None else frame.camera, name=frame.name)
+                total += 1
+                if log is not None:
+                    log.add(dict(result.to_dict(), timestamp=frame.stamp))
+                if result.success:
+                    localized += 1
+                    poses.add(frame.stamp, result.cam_from_world)
+                if recorder is not None:
+                    _record_frame(recorder, args, frame, result)
+        except TruncatedBagError as exc:  # the frames before the cut are written; the run says where it stopped
+            stopped = exc
+        else:
+            stopped = None
     print(f"localized {localized}/{total} frames (prior radius {tracker.radius:.3g} map units)")
+    if stopped is not None:
+        print(f"error: {stopped}", file=sys.stderr)
+        return 1
     return 0
 
 

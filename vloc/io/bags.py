@@ -5,7 +5,9 @@ The image topic may carry ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage
 ``CameraInfo`` topic, when named, gives the intrinsics of the frames after its first message.
 Timestamps are the messages' header stamps (seconds). Messages are read one at a time in the
 bag's order, so memory does not grow with the recording's length. ``start`` / ``end``: seconds
-from the bag's first message; ``every``: keep one image of ``every``.
+from the bag's first message (by log time); ``every``: keep one image of ``every``. A ROS 1 bag or
+MCAP file cut short (its index missing) is read record by record (:mod:`vloc.io.bag_stream`): its
+complete frames come out, then a ``TruncatedBagError`` says where it stopped.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pycolmap
 
+from vloc.io.bag_stream import TruncatedBagError, stream_messages, streamable
 from vloc.io.rosmsg import camera_from_info, image_from_compressed, image_from_msg
 
 logger = logging.getLogger(__name__)
@@ -46,7 +49,9 @@ class BagFrame:
         return self.stamp_ns / 1e9
 
 
-def _reader(path: Path) -> Any:
+def _open_indexed(path: Path) -> Any:
+    """``rosbags``' reader, opened; None for a ROS 1 bag or MCAP whose index is missing (read by
+    :mod:`vloc.io.bag_stream` instead)."""
     try:
         from rosbags.highlevel import AnyReader, AnyReaderError
         from rosbags.typesys import Stores, get_typestore
@@ -54,12 +59,65 @@ def _reader(path: Path) -> Any:
         raise RuntimeError("reading bags needs the `rosbags` package: pip install 'vloc[robot]'") from None
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such bag")
-    reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
     try:
+        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_HUMBLE))
         reader.open()
     except (AnyReaderError, OSError, ValueError, KeyError) as exc:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable ROS 1 or ROS 2 bag ({type(exc).__name__}: {exc})") from None
+        if streamable(path):
+            logger.warning("%s: %s; reading its records in order", path, exc)
+            return None
+        raise ValueError(f"{path}: not a readable ROS 1 or ROS 2 bag or MCAP file ({type(exc).__name__}: {exc})") \
+            from None
     return reader
+
+
+Window = tuple[float | None, float | None]  # start, end: seconds from the first message
+
+
+def _indexed_messages(path: Path, reader: Any, topics: tuple[str, ...], window: Window) -> Iterator[tuple[str, str, Any]]:
+    """``(topic, msgtype, message)`` of ``topics`` in the window, after checking they are there."""
+    try:
+        types = {c.topic: c.msgtype for c in reader.connections}
+        for topic in topics:
+            _check_topic(path, topic, types.get(topic), types, topic == topics[0])
+        connections = [c for c in reader.connections if c.topic in topics]
+        start, end = (None if w is None else reader.start_time + int(w * 1e9) for w in window)
+        for connection, _, raw in reader.messages(connections=connections, start=start, stop=end):
+            yield connection.topic, connection.msgtype, reader.deserialize(raw, connection.msgtype)
+    finally:
+        reader.close()
+
+
+def _streamed_messages(path: Path, topics: tuple[str, ...], window: Window) -> Iterator[tuple[str, str, Any]]:
+    """As :func:`_indexed_messages` for a recording without its index: the topics are checked as
+    they appear, and a missing image topic is named when the stream ends."""
+    types: dict[str, str] = {}
+    first = None
+    try:
+        for topic, msgtype, raw, log_time, deserialize in stream_messages(path, streamable(path)):
+            first = log_time if first is None else first
+            if window[1] is not None and log_time >= first + int(window[1] * 1e9):
+                return
+            if topic not in types:
+                types[topic] = msgtype
+                if topic in topics:
+                    _check_topic(path, topic, msgtype, types, topic == topics[0])
+            if topic in topics and (window[0] is None or log_time >= first + int(window[0] * 1e9)):
+                yield topic, msgtype, deserialize(raw, msgtype)
+    except TruncatedBagError:
+        if topics[0] not in types:
+            _check_topic(path, topics[0], None, types, True)
+        raise
+
+
+def _check_topic(path: Path, topic: str, msgtype: str | None, types: dict[str, str], image: bool) -> None:
+    wanted = (IMAGE, COMPRESSED) if image else (CAMERA_INFO,)
+    if msgtype is None:
+        listed = sorted(t for t, m in types.items() if m in wanted)
+        raise ValueError(f"{path}: no topic {topic!r}; its {'image' if image else 'CameraInfo'} topics: "
+                         f"{listed or 'none'}")
+    if msgtype not in wanted:
+        raise ValueError(f"{path}: topic {topic!r} carries {msgtype}, not {' or '.join(wanted)}")
 
 
 def _stamp(msg: Any) -> int:
@@ -73,47 +131,48 @@ def _camera(msg: Any) -> pycolmap.Camera:
     return camera_from_info(int(msg.width), int(msg.height), list(k), list(d), str(msg.distortion_model))
 
 
+def _frame(path: Path, topic: str, msgtype: str, msg: Any, camera: pycolmap.Camera | None, label: str) -> BagFrame:
+    stamp = _stamp(msg)
+    try:
+        if msgtype == COMPRESSED:
+            compressed = (str(msg.format), bytes(msg.data))
+            image = image_from_compressed(msg)
+        else:
+            compressed, image = None, image_from_msg(msg)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {topic} message stamped {stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d}: {exc}") from None
+    height, width = image.shape[:2]
+    if camera is not None and (camera.width, camera.height) != (width, height):
+        raise ValueError(f"{path}: the CameraInfo before {topic}'s message stamped {stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d} is for "
+                         f"{camera.width}x{camera.height} images, the image is {width}x{height}")
+    return BagFrame(stamp, f"{label}_{stamp:019d}", image, camera, str(msg.header.frame_id) or "camera", compressed)
+
+
 def iter_bag_frames(path: Path | str, image_topic: str, camera_info_topic: str | None = None,
                     start: float | None = None, end: float | None = None, every: int = 1) -> Iterator[BagFrame]:
-    """The frames of ``image_topic`` in ``path`` (see the module docstring). Raises
-    ``FileNotFoundError`` / ``ValueError`` naming the bag: missing, unreadable, a topic it does not
-    have (the message lists its image topics) or of another type."""
+    """The frames of ``image_topic`` in ``path`` (see the module docstring).
+
+    Raises:
+        FileNotFoundError: no such bag.
+        ValueError: naming the bag: unreadable, a topic it does not have (the message lists its
+            image topics) or of another type, an image that does not decode (its encoding named),
+            a CameraInfo for another image size.
+        vloc.io.bag_stream.TruncatedBagError: (a ValueError) after the last complete frame of a
+            ROS 1 bag or MCAP file cut short, saying where it stopped.
+    """
     path = Path(path)
     if every < 1:
         raise ValueError(f"--every must be at least 1, got {every}")
-    reader = _reader(path)
-    try:
-        types = {c.topic: c.msgtype for c in reader.connections}
-        images = sorted(t for t, m in types.items() if m in (IMAGE, COMPRESSED))
-        for topic, wanted in ((image_topic, (IMAGE, COMPRESSED)), (camera_info_topic, (CAMERA_INFO,))):
-            if topic is None:
-                continue
-            if topic not in types:
-                listed = images if wanted != (CAMERA_INFO,) else sorted(t for t, m in types.items() if m == CAMERA_INFO)
-                raise ValueError(f"{path}: no topic {topic!r}; its {'image' if len(wanted) == 2 else 'CameraInfo'} "
-                                 f"topics: {listed or 'none'}")
-            if types[topic] not in wanted:
-                raise ValueError(f"{path}: topic {topic!r} carries {types[topic]}, not {' or '.join(wanted)}")
-        connections = [c for c in reader.connections if c.topic in (image_topic, camera_info_topic)]
-        first = reader.start_time
-        window = dict(start=None if start is None else first + int(start * 1e9),
-                      stop=None if end is None else first + int(end * 1e9))
-        camera, index, label = None, 0, image_topic.strip("/").split("/")[-1] or "image"
-        for connection, _, raw in reader.messages(connections=connections, **window):
-            msg = reader.deserialize(raw, connection.msgtype)
-            if connection.topic == camera_info_topic:
-                camera = _camera(msg)
-                continue
-            index += 1
-            if (index - 1) % every:
-                continue
-            stamp = _stamp(msg)
-            if connection.msgtype == COMPRESSED:
-                compressed = (str(msg.format), bytes(msg.data))
-                image = image_from_compressed(msg)
-            else:
-                compressed, image = None, image_from_msg(msg)
-            yield BagFrame(stamp, f"{label}_{stamp:019d}", image, camera, str(msg.header.frame_id) or "camera",
-                           compressed)
-    finally:
-        reader.close()
+    topics = (image_topic,) if camera_info_topic is None else (image_topic, camera_info_topic)
+    reader = _open_indexed(path)
+    window = (start, end)
+    messages = (_indexed_messages(path, reader, topics, window) if reader is not None
+                else _streamed_messages(path, topics, window))
+    camera, index, label = None, 0, image_topic.strip("/").split("/")[-1] or "image"
+    for topic, msgtype, msg in messages:
+        if topic == camera_info_topic:
+            camera = _camera(msg)
+            continue
+        index += 1
+        if (index - 1) % every == 0:
+            yield _frame(path, topic, msgtype, msg, camera, label)
