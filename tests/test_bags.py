@@ -20,7 +20,7 @@ import pytest
 
 from vloc.cli import main
 from vloc.io.bag_stream import TruncatedBagError
-from vloc.io.bags import iter_bag_frames
+from vloc.io.bags import BagFrame, FrameSelection, iter_bag_frames, select_frames
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 from vloc.io.trajectories import read_tum_trajectory
@@ -342,3 +342,42 @@ def test_an_unknown_encoding_or_a_camera_info_of_another_size_is_named(kitti_seq
                                          r"1700000000\.123456789 is for 1242x376 images, the image is 1241x376"):
         list(iter_bag_frames(tmp_path / "size", "/cam/image_raw", "/cam/camera_info"))
     assert len(list(iter_bag_frames(tmp_path / "size", "/cam/image_raw"))) == 1  # without CameraInfo: read
+
+
+def _frame(index: int, value: int) -> BagFrame:
+    return BagFrame(_ns(index), f"f{index}", np.full((48, 64), value, np.uint8), None)
+
+
+def test_frame_selection_by_count_time_and_change():
+    frames = [_frame(i, v) for i, v in enumerate([0, 0, 100, 100, 100, 200])]
+    assert [f.name for f in select_frames(iter(frames), FrameSelection(every=2))] == ["f0", "f2", "f4"]
+    assert [f.name for f in select_frames(iter(frames), FrameSelection(every_seconds=0.25))] == ["f0", "f3"]
+    assert [f.name for f in select_frames(iter(frames), FrameSelection(min_change=0.3))] == ["f0", "f2", "f5"]
+    assert [f.name for f in select_frames(iter(frames), FrameSelection(every=2, min_change=0.3))] == ["f0", "f2"]
+    with pytest.raises(ValueError, match="frame selection out of range"):
+        FrameSelection(every=0)
+
+
+def test_map_build_from_a_bag(data_dir, tmp_path, caplog):
+    """7scenes frames 0, 4, ..., 60 as JPEG CompressedImage with CameraInfo: every second one is
+    written and SfM registers them with the CameraInfo's calibration."""
+    ds = open_prepared(data_dir / "prepared" / "7scenes")
+    names = [f"frame-{i:06d}.color.jpg" for i in range(0, 61, 4)]
+    seq = _sequence(ds, names, read_queries(ds.root / "queries.txt")[0].camera, tmp_path / "src", tmp_path)
+    bag = tmp_path / "run"
+    topic = _write_ros2(bag, seq, StoragePlugin.SQLITE3, compressed=True)
+    args = ["map", "build", "--bag", str(bag), "--image-topic", topic, "--camera-info-topic", "/cam/camera_info",
+            "--every", "2", "--images", str(tmp_path / "frames"), "--out", str(tmp_path / "map")]
+    assert main(args) == 0
+    written = sorted(p.name for p in (tmp_path / "frames").glob("*.jpg"))
+    assert written == [f"compressed_{_ns(i):019d}.jpg" for i in range(0, len(names), 2)]
+    assert (tmp_path / "frames" / written[0]).read_bytes() == (seq.folder / names[0]).read_bytes()
+    model = pycolmap.Reconstruction(str(tmp_path / "map" / "model"))
+    assert model.num_reg_images() >= 7
+    camera = next(iter(model.cameras.values()))
+    assert camera.model.name == "PINHOLE" and abs(camera.params[0] - 525) < 1e-6  # kept: a given calibration
+    # the same recording and options reuse the folder; other options are refused
+    assert main(args[:-2] + ["--out", str(tmp_path / "map2")]) == 0
+    assert main([a if a != "2" else "3" for a in args[:-2]] + ["--out", str(tmp_path / "map3")]) == 2
+    assert "frames: exists and does not hold this recording's frames" in caplog.text
+    assert not (tmp_path / "map3").exists()

@@ -45,14 +45,34 @@ def cmd_map_build(args: argparse.Namespace) -> int:
     from vloc.mapping.build import build_map
 
     preset = map_build_preset(args)
+    cameras = _build_cameras(args)
+    if args.bag is not None:
+        bag_cameras = _bag_images(args)
+        cameras = cameras if cameras is not None else bag_cameras
     manifest = build_map(args.images, args.out, preset, reference=args.reference, image_list=args.image_list,
                          mapper=args.mapper, skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
-                         cameras=_build_cameras(args), refine_intrinsics=args.refine_intrinsics,
+                         cameras=cameras, refine_intrinsics=args.refine_intrinsics,
                          work=args.work, workers=args.workers, ray=args.ray,
                          checkpoint_seconds=args.checkpoint_every, gps=args.gps, rig=args.rig,
                          refine_rigs=args.refine_rigs)
     print(f"{args.out}: {manifest.summary}")
     return 0
+
+
+def _bag_images(args: argparse.Namespace):
+    """``map build --bag``: the selected frames written into ``--images``; their cameras from the
+    CameraInfo topic (frames before its first message take that first calibration), or None."""
+    from vloc.io.bags import FrameSelection, write_bag_images
+
+    if not args.image_topic:
+        raise ValueError("--bag needs --image-topic")
+    if args.reference is not None:
+        raise ValueError("--bag builds by SfM; --reference names images that a recording's frames are not")
+    cameras = write_bag_images(args.bag, args.image_topic, args.images, args.camera_info_topic, FrameSelection(
+        every=args.every, every_seconds=args.every_seconds, min_change=args.min_change))
+    known = [c for c in cameras.values() if c is not None]
+    print(f"{args.images}: {len(cameras)} frames of {args.bag} {args.image_topic}")
+    return {name: c if c is not None else known[0] for name, c in cameras.items()} if known else None
 
 
 def _delg_global(weights: Path):
@@ -402,8 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     mp = sub.add_parser("map", help="build and inspect maps").add_subparsers(dest="map_command", required=True)
     b = mp.add_parser("build", help="build a map from images (SfM, or triangulation with --reference)")
-    b.add_argument("--images", type=Path, required=True)
+    b.add_argument("--images", type=Path, required=True, help="the images; with --bag, a new folder for its frames")
     b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--bag", type=Path, help="a ROS 1 / ROS 2 bag or MCAP file (`vloc[robot]`): its --image-topic "
+                   "frames chosen by --every, --every-seconds and --min-change are written into --images, then SfM")
+    b.add_argument("--image-topic", help="with --bag: sensor_msgs/Image or CompressedImage topic")
+    b.add_argument("--camera-info-topic", help="with --bag: CameraInfo topic for the intrinsics (--camera wins)")
+    b.add_argument("--every", type=int, default=1, help="with --bag: keep one image of N (default: 1)")
+    b.add_argument("--every-seconds", type=float, default=0.0,
+                   help="with --bag: at least this long between kept frames (default: 0)")
+    b.add_argument("--min-change", type=float, default=0.0, help="with --bag: keep a frame when its 64x48 grey "
+                   "thumbnail differs from the last kept one by at least this fraction of 255 on average (default: 0)")
     b.add_argument("--reference", type=Path, help="COLMAP model with known poses and cameras")
     b.add_argument("--image-list", type=Path, help="file with one image name per line")
     b.add_argument("--preset", default=DEFAULT_PRESET, **presets)

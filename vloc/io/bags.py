@@ -176,3 +176,100 @@ def iter_bag_frames(path: Path | str, image_topic: str, camera_info_topic: str |
         index += 1
         if (index - 1) % every == 0:
             yield _frame(path, topic, msgtype, msg, camera, label)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrameSelection:
+    """Which frames of a recording make a map: a frame is kept when every given rule says so.
+    ``every``: one of N images; ``every_seconds``: at least this long after the last kept frame
+    (header stamps); ``min_change``: the mean absolute difference of 64x48 grey thumbnails to the
+    last kept frame, as a fraction of 255 (a robot standing still adds nothing)."""
+
+    every: int = 1
+    every_seconds: float = 0.0
+    min_change: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.every_seconds < 0 or not 0 <= self.min_change <= 1:
+            raise ValueError(f"frame selection out of range: every >= 1, every_seconds >= 0, 0 <= min_change <= 1; "
+                             f"got {self.every}, {self.every_seconds}, {self.min_change}")
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def select_frames(frames: Iterator[BagFrame], selection: FrameSelection) -> Iterator[BagFrame]:
+    """The frames ``selection`` keeps, in order (the first is always kept)."""
+    last_stamp, last_thumb = None, None
+    for index, frame in enumerate(frames):
+        if index % selection.every:
+            continue
+        if last_stamp is not None and (frame.stamp_ns - last_stamp) < selection.every_seconds * 1e9:
+            continue
+        thumb = _thumbnail(frame.image) if selection.min_change > 0 else None
+        if last_thumb is not None and float(np.abs(thumb - last_thumb).mean()) / 255 < selection.min_change:
+            continue
+        last_stamp, last_thumb = frame.stamp_ns, thumb
+        yield frame
+
+
+def write_bag_images(path: Path | str, image_topic: str, out: Path, camera_info_topic: str | None = None,
+                     selection: FrameSelection = FrameSelection()) -> dict[str, pycolmap.Camera | None]:
+    """Write the selected frames of ``image_topic`` as image files into the new folder ``out`` (a
+    CompressedImage's bytes as recorded, a raw Image as PNG) and return each file's camera from
+    the CameraInfo topic (None without one). The folder appears complete or not at all; a folder
+    written before from the same recording and options is reused, any other is refused."""
+    import json
+
+    import cv2
+
+    path = Path(path)
+    record = dict(bag=str(path.resolve()), size=_recording_size(path), image_topic=image_topic,
+                  camera_info_topic=camera_info_topic, every=selection.every, every_seconds=selection.every_seconds,
+                  min_change=selection.min_change)
+    done = out / ".vloc-bag.json"
+    if out.exists():
+        if done.is_file() and json.loads(done.read_text()).get("record") == record:
+            logger.info("%s: frames of %s written before with these options; reused", out, path)
+            return {name: _camera_from_dict(c) for name, c in json.loads(done.read_text())["cameras"].items()}
+        raise ValueError(f"{out}: exists and does not hold this recording's frames (from `--bag` with these options); "
+                         "name a new folder for --images")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        import shutil
+
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    cameras: dict[str, pycolmap.Camera | None] = {}
+    for frame in select_frames(iter_bag_frames(path, image_topic, camera_info_topic), selection):
+        if frame.compressed is not None and frame.compressed[0].split(";")[0].strip().lower() in ("jpeg", "jpg", "png"):
+            suffix = ".png" if "png" in frame.compressed[0].lower() else ".jpg"
+            (partial / (frame.name + suffix)).write_bytes(frame.compressed[1])
+            name = frame.name + suffix
+        else:
+            name = frame.name + ".png"
+            image = frame.image if frame.image.ndim == 2 else cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
+            if not cv2.imwrite(str(partial / name), image):
+                raise OSError(f"{partial / name}: cannot write the frame")
+        cameras[name] = frame.camera
+    if not cameras:
+        raise ValueError(f"{path}: no frame of {image_topic} was selected")
+    (partial / done.name).write_text(json.dumps(dict(record=record, cameras={
+        n: None if c is None else dict(model=c.model.name, width=c.width, height=c.height,
+                                       params=[float(v) for v in c.params]) for n, c in cameras.items()})))
+    partial.rename(out)
+    return cameras
+
+
+def _recording_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _camera_from_dict(d: dict | None) -> pycolmap.Camera | None:
+    from vloc.io.cameras import camera_from_fields
+
+    return None if d is None else camera_from_fields(d["model"], d["width"], d["height"], d["params"], "CameraInfo")
