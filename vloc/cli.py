@@ -41,6 +41,23 @@ def map_build_preset(args: argparse.Namespace) -> Preset:
     return preset
 
 
+def _device_name(value: str) -> str:
+    from vloc.device import check_device_name
+
+    try:
+        return check_device_name(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the torch models run (checked by name here, resolved when the models load)."""
+    from vloc.device import DEVICES
+
+    parser.add_argument("--device", type=_device_name, default="auto", metavar="DEVICE",
+                        help=f"where the torch models run: {DEVICES} (default: auto, CUDA when torch sees a GPU)")
+
+
 def cmd_map_build(args: argparse.Namespace) -> int:
     from vloc.mapping.build import build_map
 
@@ -54,7 +71,7 @@ def cmd_map_build(args: argparse.Namespace) -> int:
                          cameras=cameras, refine_intrinsics=args.refine_intrinsics,
                          work=args.work, workers=args.workers, ray=args.ray,
                          checkpoint_seconds=args.checkpoint_every, gps=args.gps, rig=args.rig,
-                         refine_rigs=args.refine_rigs)
+                         refine_rigs=args.refine_rigs, device=args.device)
     print(f"{args.out}: {manifest.summary}")
     return 0
 
@@ -107,7 +124,7 @@ def cmd_map_extend(args: argparse.Namespace) -> int:
 
     result = extend_map(args.map, args.images, image_list=args.image_list, reference=args.reference, work=args.work,
                         workers=args.workers, ray=args.ray, skip_bad_images=args.skip_bad_images,
-                        overwrite=args.overwrite, rig=args.rig)
+                        overwrite=args.overwrite, rig=args.rig, device=args.device)
     print(f"{args.map}: added {len(result.registered)} images; now {result.manifest.summary}")
     for name in result.unregistered:
         print(f"not registered: {name}")
@@ -147,7 +164,7 @@ def cmd_train_delg(args: argparse.Namespace) -> int:
     conf = TrainConf(**{k: v for k, v in dict(variant=args.variant, epochs=args.epochs, image_size=args.image_size,
                                                batch_size=args.batch_size, lr=args.lr, backbone=args.backbone,
                                                val_fraction=args.val_fraction).items() if v is not None})
-    history = train_delg(args.images, args.out, conf, args.csv, args.resume, args.init)
+    history = train_delg(args.images, args.out, conf, args.csv, args.resume, args.init, args.device)
     print(f"{args.out}: epoch {history[-1]['epoch']}, validation {history[-1]['validation']}")
     return 0
 
@@ -158,7 +175,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
     from vloc.localization.localizer import Localizer
 
     queries = read_queries(args.queries)
-    localizer = Localizer.load(args.map, args.preset)
+    localizer = Localizer.load(args.map, args.preset, device=args.device)
     if args.rig is not None:
         from vloc.io.rigs import read_rig
         from vloc.io.text import data_lines
@@ -215,7 +232,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
         raise ValueError(f"-k and --rerank-k must be at least 1, got {args.k} and {args.rerank_k}")
     names = [q.name for q in read_queries(args.queries)] if args.queries else list_images(args.images)
     rerank_conf = RerankConf(num_candidates=args.rerank_k, model=args.geometry) if args.rerank else None
-    retriever = MapRetriever.load(args.map, args.preset)
+    retriever = MapRetriever.load(args.map, args.preset, args.device)
     results = retrieve_images(retriever, args.images, names, args.k, rerank_conf)
     scores = write_pairs(args.out, results, dict(map=str(args.map), k=args.k, preset=retriever.preset.name,
                                                  rerank=None if rerank_conf is None else vars(rerank_conf)))
@@ -257,7 +274,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     if args.mcap_images and args.mcap is None:
         raise ValueError("--mcap-images needs --mcap")
     camera = camera_from_text(args.camera, "--camera") if args.camera else None
-    tracker = Tracker(Localizer.load(args.map, args.preset), args.radius, camera)
+    tracker = Tracker(Localizer.load(args.map, args.preset, device=args.device), args.radius, camera)
     localized = total = 0
     with ExitStack() as outputs:  # each output is written as frames come and appears when the run ends
         poses = outputs.enter_context(TrajectoryStream(args.tum, args.kitti))
@@ -325,7 +342,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.map, args.host, args.port, args.preset, ServeConf(
         max_bytes=args.max_bytes, queue=args.queue, timeout_s=args.timeout, body_timeout_s=args.body_timeout,
         head_timeout_s=args.head_timeout, max_connections=args.max_connections, log_json=args.log_json),
-        rigs=read_rigs(args.rig) if args.rig is not None else None)
+        rigs=read_rigs(args.rig) if args.rig is not None else None, device=args.device)
     return 0
 
 
@@ -380,6 +397,15 @@ def cmd_export_geojson(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from vloc.mapping.manifest import read_manifest
 
+    if args.system:
+        from vloc.device import device_report
+
+        print(json.dumps(device_report(), indent=1))
+        if args.map is None:
+            return 0
+    if args.map is None:
+        raise ValueError("vloc info needs a MAP (or --system)")
+
     manifest = read_manifest(args.map).to_dict()
     print(json.dumps({k: manifest[k] for k in ("summary", "counts", "index", "prior_radius", "source",
                                                 "format_version", "vloc_version", "pycolmap_version", "created")},
@@ -422,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mp = sub.add_parser("map", help="build and inspect maps").add_subparsers(dest="map_command", required=True)
     b = mp.add_parser("build", help="build a map from images (SfM, or triangulation with --reference)")
+    _add_device(b)
     b.add_argument("--images", type=Path, required=True, help="the images; with --bag, a new folder for its frames")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--bag", type=Path, help="a ROS 1 / ROS 2 bag or MCAP file (`vloc[robot]`): its --image-topic "
@@ -469,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_map_build)
     ex = mp.add_parser("extend", help="add images to a map: register them (with --reference: at their given poses), "
                        "triangulate, update features, global descriptors and index; atomic")
+    _add_device(ex)
     ex.add_argument("map", type=Path)
     ex.add_argument("--images", type=Path, required=True)
     ex.add_argument("--rig", type=Path, metavar="FILE", help="with --reference: the new images' rig captures (kapture "
@@ -498,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("train", help="train models").add_subparsers(dest="train_command", required=True)
     td = tn.add_parser("delg", help="train DELG (ArcFace global + attention + autoencoder) on labelled images")
+    _add_device(td)
     td.add_argument("--images", type=Path, required=True)
     td.add_argument("--csv", type=Path, help="'image,label' CSV (or GLDv2 train.csv); default: a folder per class")
     td.add_argument("--out", type=Path, required=True, help="checkpoint directory (delg.pt, train_state.pt, "
@@ -514,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     td.set_defaults(func=cmd_train_delg)
 
     loc = sub.add_parser("localize", help="localize query images against a map")
+    _add_device(loc)
     loc.add_argument("--map", type=Path, required=True)
     loc.add_argument("--queries", type=Path, required=True, help="'name MODEL w h params...' or 'name' per line")
     loc.add_argument("--images", type=Path, required=True)
@@ -550,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("retrieve", help="retrieve map images for query images; hloc-style pairs "
                         "'query map_image' (scores in a JSON beside)")
+    _add_device(rt)
     rt.add_argument("--map", type=Path, required=True)
     rt.add_argument("--images", type=Path, required=True, help="folder of the query images")
     rt.add_argument("--queries", type=Path, help="query list ('name ...' per line); default: every image in --images")
@@ -565,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("track", help="localize an ordered sequence (image folder or video) and write "
                         "TUM / KITTI trajectories (camera-to-world, what evo and ROS tools read)")
+    _add_device(tr)
     tr.add_argument("--map", type=Path, required=True)
     source = tr.add_mutually_exclusive_group(required=True)
     source.add_argument("--frames", type=Path, help="image folder (sorted by name) or video file")
@@ -591,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="HTTP API (FastAPI + uvicorn): POST /localize, POST /maps/NAME/localize, "
                         "GET /health, /map, /maps, /metrics, /openapi.json")
+    _add_device(sv)
     sv.add_argument("--map", action="append", required=True, metavar="[NAME=]DIR",
                     help="a map to serve; repeat for several (the first is the default of /localize and /map)")
     sv.add_argument("--rig", type=Path, metavar="FILE", help="rigs (kapture rigs.txt or COLMAP rig JSON): adds POST "
@@ -653,8 +686,10 @@ def build_parser() -> argparse.ArgumentParser:
     gj.add_argument("--out", type=Path, required=True, help="the .geojson file to write")
     gj.set_defaults(func=cmd_export_geojson)
 
-    info = sub.add_parser("info", help="say what a map holds")
-    info.add_argument("map", type=Path)
+    info = sub.add_parser("info", help="say what a map holds (or, with --system, what this machine runs on)")
+    info.add_argument("map", type=Path, nargs="?")
+    info.add_argument("--system", action="store_true", help="the torch build, the GPUs it sees and the device "
+                      "--device auto picks (loads torch)")
     info.add_argument("--report", type=Path, help="also write the map's health as an HTML page here")
     info.set_defaults(func=cmd_info)
     return parser

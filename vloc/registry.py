@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 
-def create(registry: Mapping[str, Callable[[Any], Any]], conf: Any, what: str) -> Any:
-    """``registry[conf.name](conf)``; an unknown name raises ``ValueError`` listing the valid ones."""
+def create(registry: Mapping[str, Callable[..., Any]], conf: Any, what: str, **options: Any) -> Any:
+    """``registry[conf.name](conf, **options)`` (e.g. ``device``); an unknown name raises
+    ``ValueError`` listing the valid ones."""
     try:
         factory = registry[conf.name]
     except KeyError:
         raise ValueError(f"Unknown {what} {conf.name!r}; valid: {', '.join(sorted(registry))}") from None
-    return factory(conf)
+    return factory(conf, **options)

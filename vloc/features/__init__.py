@@ -5,7 +5,10 @@ keypoints use COLMAP's pixel convention: the centre of the top-left pixel is at 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
@@ -25,8 +28,9 @@ EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
 }
 
 
-def make_extractor(conf: FeatureConf):
-    return create(EXTRACTORS, conf, "feature extractor")
+def make_extractor(conf: FeatureConf, device: "torch.device | str" = "cpu"):
+    """The extractor ``conf`` names, its network on ``device`` (SIFT runs on the CPU whatever it is)."""
+    return create(EXTRACTORS, conf, "feature extractor", device=device)
 
 
 __all__ = ["EXTRACTORS", "Features", "make_extractor"]

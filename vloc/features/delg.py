@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
@@ -17,18 +18,19 @@ logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(path: str, mtime_ns: int) -> DELG:
-    return load_delg(path)
+def _cached(path: str, mtime_ns: int, device: str) -> DELG:
+    return load_delg(path).to(device)
 
 
-def delg_from_conf(variant: str, weights: str, what: str) -> DELG:
-    """The DELG model a config names (shared between the local and global extractors of one process)."""
+def delg_from_conf(variant: str, weights: str, what: str, device: torch.device | str = "cpu") -> DELG:
+    """The DELG model a config names on ``device`` (shared between the local and global extractors
+    of one process)."""
     if not weights:
         raise ValueError(f"{what}: DELG needs a weights file (set 'weights'); {HOW_TO_GET_WEIGHTS}")
     path = Path(weights).expanduser().resolve()
     if not path.is_file():
         raise FileNotFoundError(f"{what}: DELG weights {path} not found; {HOW_TO_GET_WEIGHTS}")
-    model = _cached(str(path), path.stat().st_mtime_ns)
+    model = _cached(str(path), path.stat().st_mtime_ns, str(device))
     if variant and model.variant != variant:
         raise ValueError(f"{what}: {path} holds a DELG {model.variant!r} model but the config asks for {variant!r}")
     return model
@@ -69,9 +71,9 @@ class DelgExtractor:
 
     dim = LOCAL_DIM
 
-    def __init__(self, conf: FeatureConf):
+    def __init__(self, conf: FeatureConf, device: torch.device | str = "cpu"):
         self.conf = conf
-        self.model = delg_from_conf(conf.variant, conf.weights, "features")
+        self.model = delg_from_conf(conf.variant, conf.weights, "features", device)
         self.threshold = float(self.model.extra.get("attention_threshold", 0.0))
 
     def __call__(self, image: np.ndarray) -> Features:

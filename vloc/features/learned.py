@@ -24,14 +24,17 @@ class LearnedExtractor:
     """Shared resizing, batching and keypoint bookkeeping; subclasses run the network.
 
     ``__call__`` takes one ``(H, W)`` or ``(H, W, 3)`` uint8 image; :meth:`batch` takes a list
-    and runs images of the same size together through the network.
+    and runs images of the same size together through the network on ``device`` (the features
+    come back to the CPU as numpy arrays).
     """
 
     dim: int
     size_multiple = 1  # network input sides are rounded to a multiple of this
+    model: torch.nn.Module
 
-    def __init__(self, conf: FeatureConf):
+    def __init__(self, conf: FeatureConf, device: torch.device | str = "cpu"):
         self.conf = conf
+        self.device = torch.device(device)
 
     def _input_size(self, width: int, height: int) -> tuple[int, int]:
         scale = min(1.0, self.conf.resize_max / max(width, height)) if self.conf.resize_max else 1.0
@@ -57,7 +60,7 @@ class LearnedExtractor:
             groups.setdefault((image.shape[1], image.shape[0]), []).append(i)
         for (width, height), idx in groups.items():
             size = self._input_size(width, height)
-            x = torch.stack([self._to_tensor(images[i], size) for i in idx])
+            x = torch.stack([self._to_tensor(images[i], size) for i in idx]).to(self.device)
             for i, (kps, desc, scores) in zip(idx, self._detect(x), strict=True):
                 out[i] = self._features(kps, desc, scores, size, (width, height))
         return out
@@ -70,6 +73,7 @@ class LearnedExtractor:
                   size: tuple[int, int], image_size: tuple[int, int]) -> Features:
         if len(kps) == 0:
             return Features.empty(self.dim, image_size)
+        kps, desc, scores = kps.cpu(), desc.cpu(), scores.cpu()
         order = torch.argsort(scores.float(), descending=True)[: self.conf.max_keypoints]
         xy = kps[order].float().numpy()
         # kornia: top-left pixel centre at (0, 0) of the network input; COLMAP: (0.5, 0.5) of the original.
@@ -85,10 +89,11 @@ class AlikedExtractor(LearnedExtractor):
 
     dim = 128
 
-    def __init__(self, conf: FeatureConf):
-        super().__init__(conf)
+    def __init__(self, conf: FeatureConf, device: torch.device | str = "cpu"):
+        super().__init__(conf, device)
         self.model = ALIKED(conf.name, max_num_keypoints=conf.max_keypoints, detection_threshold=0.0)
         load_into(self.model, load_checkpoint(conf.name), conf.name, derived={"dkd.hw_grid"})
+        self.model.to(self.device)
 
     def _detect(self, x):
         return [(f.keypoints, f.descriptors, f.keypoint_scores) for f in self.model(x)]
@@ -99,10 +104,11 @@ class DiskExtractor(LearnedExtractor):
 
     dim = 128
 
-    def __init__(self, conf: FeatureConf):
-        super().__init__(conf)
+    def __init__(self, conf: FeatureConf, device: torch.device | str = "cpu"):
+        super().__init__(conf, device)
         self.model = DISK()
         load_into(self.model, load_checkpoint("disk")["extractor"], "disk")
+        self.model.to(self.device)
 
     def _detect(self, x):
         feats = self.model(x, n=self.conf.max_keypoints, window_size=5, pad_if_not_divisible=True)
@@ -116,10 +122,11 @@ class XFeatExtractor(LearnedExtractor):
     dim = 64
     size_multiple = 32
 
-    def __init__(self, conf: FeatureConf):
-        super().__init__(conf)
+    def __init__(self, conf: FeatureConf, device: torch.device | str = "cpu"):
+        super().__init__(conf, device)
         self.model = XFeat(top_k=conf.max_keypoints, detection_threshold=0.05)
         load_into(self.model.net, load_checkpoint("xfeat"), "xfeat")
+        self.model.to(self.device)
 
     def _detect(self, x):
         return [(f["keypoints"], f["descriptors"], f["scores"]) for f in self.model.detectAndCompute(x)]

@@ -13,9 +13,11 @@ OPENCV_UPSAMPLING_SHIFT = 0.25  # px of the detector's input, see SiftExtractor.
 
 
 class SiftExtractor:
+    """OpenCV on the CPU: ``device`` is accepted like every extractor's and not used."""
+
     dim = 128
 
-    def __init__(self, conf: FeatureConf):
+    def __init__(self, conf: FeatureConf, device: object = "cpu"):
         self.conf = conf
         # A lower contrast threshold than OpenCV's 0.04 keeps enough points on weakly textured
         # scenes (roads, walls); the keypoint budget then keeps the strongest responses.

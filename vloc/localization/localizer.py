@@ -34,6 +34,7 @@ from vloc.io.poses import rotation_angle_deg
 from vloc.io.rigs import Rig
 from vloc.localization.geo import geo_pose, map_frame
 from vloc.localization.layer import Layer
+from vloc.device import resolve_device
 from vloc.localization.models import ModelCache
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.localization.rig import RigLocalizationResult, localize_rig
@@ -60,12 +61,21 @@ class PreparedQuery:
     seconds: float = 0.0
 
 
+def _model_cache(models: ModelCache | None, device: str | None) -> ModelCache:
+    if models is None:
+        return ModelCache(device)
+    if device is not None and resolve_device(device) != models.device:
+        raise ValueError(f"device {device!r} differs from the shared model cache's ({models.device})")
+    return models
+
+
 class Localizer:
     """Use :meth:`load`. Calls to :meth:`localize` are serialised by a lock (thread-safe)."""
 
-    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None, models: ModelCache | None = None):
+    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None, models: ModelCache | None = None,
+                 device: str | None = None):
         self.map_dir = Path(map_dir)
-        self.models = models if models is not None else ModelCache()
+        self.models = _model_cache(models, device)
         self.layer = Layer.open(self.map_dir, preset, self.models)
         self.preset, self.manifest, self.store = self.layer.preset, self.layer.manifest, self.layer.store
         self.geo_frame = map_frame(self.manifest)  # east-north-up about a WGS84 origin, or None
@@ -93,10 +103,17 @@ class Localizer:
 
     @classmethod
     def load(cls, map_dir: Path | str, preset: str | Preset | None = None,
-             models: ModelCache | None = None) -> "Localizer":
+             models: ModelCache | None = None, device: str | None = None) -> "Localizer":
         """Load ``map_dir``; ``preset`` defaults to the one the map was built with. Localizers
-        given the same ``models`` share the models their presets have in common."""
-        return cls(map_dir, preset, models)
+        given the same ``models`` share the models their presets have in common. ``device``:
+        ``auto`` (the default: CUDA when torch sees a GPU), ``cpu``, ``cuda`` or ``cuda:N``, where
+        the torch models run (given with ``models``, it must be theirs)."""
+        return cls(map_dir, preset, models, device)
+
+    @property
+    def device(self):
+        """The torch device this localizer's models run on."""
+        return self.models.device
 
     @property
     def layers(self) -> list[Layer]:

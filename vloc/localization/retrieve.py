@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vloc.config import Preset, RerankConf
+from vloc.device import resolve_device
 from vloc.features import make_extractor
 from vloc.io.files import write_text_atomic
 from vloc.io.images import read_image
@@ -29,20 +30,23 @@ from vloc.retrieval.rerank import Candidate, rerank
 class MapRetriever:
     """Global-descriptor retrieval over a map's images, with optional re-ranking. Use :meth:`load`."""
 
-    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None):
+    def __init__(self, map_dir: Path | str, preset: str | Preset | None = None, device: str | None = None):
         store, _, preset = open_map(Path(map_dir), preset)  # an adapted map brings its own global model
+        self.device = resolve_device(device)
         self.map_dir, self.preset, self.store = Path(map_dir), preset, store
         self.index = store.read_index()
         self.whitening = store.whitening
         self.features = store.feature_map()  # read per candidate when re-ranking
-        self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir))
-        self.extractor = make_extractor(preset.query_features)
-        self.matcher = make_matcher(preset.matcher)
+        self.global_model = make_global_model(global_conf_in_map(preset.global_desc, map_dir), self.device)
+        self.extractor = make_extractor(preset.query_features, self.device)
+        self.matcher = make_matcher(preset.matcher, self.device)
 
     @classmethod
-    def load(cls, map_dir: Path | str, preset: str | Preset | None = None) -> "MapRetriever":
-        """Load ``map_dir``; ``preset`` defaults to the one the map was built with."""
-        return cls(map_dir, preset)
+    def load(cls, map_dir: Path | str, preset: str | Preset | None = None,
+             device: str | None = None) -> "MapRetriever":
+        """Load ``map_dir``; ``preset`` defaults to the one the map was built with; ``device`` as
+        :meth:`vloc.localization.localizer.Localizer.load`'s."""
+        return cls(map_dir, preset, device)
 
     def retrieve(self, image: np.ndarray, k: int, rerank_conf: RerankConf | None = None) -> list[Candidate]:
         """The ``k`` best map images for ``image`` (``(H, W)`` or ``(H, W, 3)`` uint8), best first.

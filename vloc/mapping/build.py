@@ -40,6 +40,7 @@ from vloc.mapping.cameras import (
     refine_flags,
     shared_cameras,
 )
+from vloc.device import resolve_device
 from vloc.mapping.executor import Executor, make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, read_global, read_image_size
 from vloc.mapping.faults import guarded, map_lock, work_lock
@@ -100,7 +101,7 @@ def build_map(
     cameras: Cameras | None = None, refine_intrinsics: RefineIntrinsics | str | None = None, *,
     work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS, gps: str | Path | None = None,
-    rig: str | Path | None = None, refine_rigs: bool = False,
+    rig: str | Path | None = None, refine_rigs: bool = False, device: str | None = None,
 ) -> Manifest:
     """Build the map directory ``out`` from the images under ``images``.
 
@@ -128,6 +129,9 @@ def build_map(
     ``rig``: a kapture ``rigs.txt`` or COLMAP rig JSON (:mod:`vloc.io.rigs`): the model holds
     COLMAP rigs and frames, each capture moves as one body (known poses: they must agree with
     the calibration; SfM keeps it unless ``refine_rigs``), :mod:`vloc.mapping.rigs`.
+    ``device``: where extraction and matching run their torch models (``auto``, the default: CUDA
+    when torch sees a GPU; :func:`vloc.device.resolve_device`); it does not change the stages'
+    configuration, so a build may resume on another device.
     """
     plan = _plan(images, out, preset, reference, image_list, mapper, skip_bad_images, overwrite, cameras,
                  refine_intrinsics, work)
@@ -139,7 +143,7 @@ def build_map(
         if plan.out.exists() and not overwrite:  # written by another build since _plan looked
             raise FileExistsError(f"{plan.out}: already exists (pass --overwrite to replace it)")
         with work_lock(plan.work):
-            executor = make_executor(workers, ray)
+            executor = make_executor(workers, ray, "cpu" if ray and device is None else str(resolve_device(device)))
             try:
                 manifest = _run(plan, executor, checkpoint_seconds)
             finally:

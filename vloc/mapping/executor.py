@@ -8,6 +8,10 @@ path on every node (a shared filesystem), as they are for the driver.
 
 Threads: a machine with C cores and N worker processes gives each worker max(1, C // N) torch
 and OpenCV threads, so the processes do not oversubscribe the cores.
+
+Device: an executor also says where the tasks' torch models run (``device``, a resolved
+:func:`vloc.device.resolve_device` name such as ``cpu`` or ``cuda:0``); the stages put it into
+their tasks. Ray tasks run on CPUs.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class Executor(Protocol):
     """Runs ``fn`` on each item; yields results as they finish (in any order)."""
 
     workers: int
+    device: str
 
     def map(self, fn: Task, items: Iterable[Any]) -> Iterator[Any]: ...
 
@@ -51,6 +56,9 @@ class SerialExecutor:
 
     workers = 1
 
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+
     def map(self, fn: Task, items: Iterable[Any]) -> Iterator[Any]:
         for item in items:
             yield fn(item)
@@ -62,10 +70,10 @@ class SerialExecutor:
 class ProcessExecutor:
     """``workers`` local processes (spawned: no fork of a process that already runs torch threads)."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, device: str = "cpu"):
         if workers < 1:
             raise ValueError(f"--workers must be at least 1, got {workers}")
-        self.workers = workers
+        self.workers, self.device = workers, device
         self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=set_threads, initargs=(threads_per_worker(workers),))
 
@@ -81,6 +89,8 @@ class ProcessExecutor:
 class RayExecutor:
     """Ray tasks of one CPU each, on the cluster at ``address`` or on a local instance started
     with ``num_cpus`` CPUs (all of this machine's by default). Needs ``pip install vloc[ray]``."""
+
+    device = "cpu"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         try:
@@ -135,10 +145,12 @@ def _bounded(submit, items, limit: int, settle, result) -> Iterator[Any]:
             yield result(handle)
 
 
-def make_executor(workers: int = 1, ray: str | bool | None = None) -> Executor:
+def make_executor(workers: int = 1, ray: str | bool | None = None, device: str = "cpu") -> Executor:
     """``ray``: None/False for local work; True (a local Ray instance with ``workers`` CPUs when
-    ``workers`` > 1) or a cluster address."""
+    ``workers`` > 1) or a cluster address. ``device``: where local tasks run their models."""
     if ray:
+        if device != "cpu":
+            raise ValueError(f"--ray runs tasks on CPUs; --device {device} is for local builds")
         return RayExecutor(address=ray if isinstance(ray, str) else None,
                            num_cpus=workers if workers > 1 and not isinstance(ray, str) else None)
-    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
+    return SerialExecutor(device) if workers == 1 else ProcessExecutor(workers, device)

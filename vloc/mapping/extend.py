@@ -44,6 +44,7 @@ from vloc.io.files import atomic_path
 from vloc.io.images import exif_focal_px, list_images
 from vloc.mapping import match as matching
 from vloc.mapping.build import read_image_list
+from vloc.device import resolve_device
 from vloc.mapping.executor import make_executor
 from vloc.mapping.extract import ExtractedFeatures, extract_stage, feature_path, read_global, read_image_size
 from vloc.mapping.faults import guarded, map_lock, native_write, work_lock
@@ -83,12 +84,14 @@ def default_extend_work_dir(map_dir: Path) -> Path:
 
 def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, reference: Path | None = None,
                work: Path | None = None, workers: int = 1, ray: str | bool | None = None,
-               skip_bad_images: bool = False, overwrite: bool = False, rig: Path | None = None) -> ExtendResult:
+               skip_bad_images: bool = False, overwrite: bool = False, rig: Path | None = None,
+               device: str | None = None) -> ExtendResult:
     """Add the images under ``images`` (those of ``image_list``, or of ``reference``, or all
     that the map does not hold yet) to the map at ``map_dir``; see the module docstring.
     ``overwrite``: recompute work stages written under another configuration (else refused).
     ``rig`` (with ``reference``): the new images' rig captures (:mod:`vloc.io.rigs`) become frames
     of the map's rig with the same calibration, or of a new one (:func:`vloc.mapping.rigs.add_rig_captures`).
+    ``device``: where extraction and matching run their torch models (as :func:`~vloc.mapping.build.build_map`).
 
     The map and the work directory are locked while it runs (another build or extend of either
     is refused with :class:`~vloc.mapping.faults.MapBusyError`); a write the filesystem refuses
@@ -98,11 +101,11 @@ def extend_map(map_dir: Path, images: Path, *, image_list: Path | None = None, r
     work_dir = Path(work) if work is not None else default_extend_work_dir(map_dir)
     with guarded("map extend", map_dir, work_dir, existed=True), map_lock(map_dir), ExitStack() as held:
         return _extend(map_dir, Path(images), image_list, reference, work, workers, ray, skip_bad_images, overwrite,
-                       held, rig)
+                       device, held, rig)
 
 
 def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Path | None, work: Path | None,
-            workers: int, ray: str | bool | None, skip_bad_images: bool, overwrite: bool,
+            workers: int, ray: str | bool | None, skip_bad_images: bool, overwrite: bool, device: str | None,
             held: ExitStack, rig: Path | None = None) -> ExtendResult:
     """:func:`extend_map` with the map locked; the work directory's lock joins ``held``."""
     manifest = read_manifest(map_dir)
@@ -121,7 +124,7 @@ def _extend(map_dir: Path, images: Path, image_list: Path | None, reference: Pat
         raise FileNotFoundError(f"{images}: {len(missing)} new images missing, e.g. {missing[:3]}")
     work = Path(work) if work is not None else default_extend_work_dir(map_dir)
     held.enter_context(work_lock(work))
-    executor = make_executor(workers, ray)
+    executor = make_executor(workers, ray, "cpu" if ray and device is None else str(resolve_device(device)))
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     try:

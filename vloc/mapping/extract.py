@@ -46,6 +46,7 @@ class ExtractChunk:
     out: Path
     names: tuple[str, ...]
     skip_bad_images: bool
+    device: str = "cpu"
 
 
 def feature_path(stage_dir: Path, name: str) -> Path:
@@ -57,39 +58,59 @@ def skipped_path(stage_dir: Path, name: str) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _models(features: FeatureConf, global_desc: GlobalConf):
+def _models(features: FeatureConf, global_desc: GlobalConf, device: str):
     """The extractor and global model of one configuration, loaded once per process."""
     from vloc.features import make_extractor
     from vloc.retrieval import make_global_model
 
-    return make_extractor(features), make_global_model(global_desc)
+    return make_extractor(features, device), make_global_model(global_desc, device)
+
+
+def _read(task: ExtractChunk, name: str) -> np.ndarray | str:
+    """The image, or why it cannot be read (``skip_bad_images``; else the error is raised)."""
+    try:
+        return read_image(task.image_dir / name)
+    except ImageReadError as exc:
+        if not task.skip_bad_images:
+            raise
+        return str(exc)
 
 
 def extract_chunk(task: ExtractChunk) -> list[tuple[str, str | None]]:
     """Extract and write each image of ``task``; returns (name, reason it was skipped or None).
+    On the CPU one image at a time; on a GPU the chunk's images are decoded by a thread pool and
+    go through a learned extractor in batches of equal size
+    (:meth:`vloc.features.learned.LearnedExtractor.batch`).
 
     Raises :class:`ImageReadError` on an unreadable image unless ``task.skip_bad_images``."""
-    extractor, global_model = _models(task.features, task.global_desc)
-    done = []
-    for name in task.names:
-        try:
-            image = read_image(task.image_dir / name)
-        except ImageReadError as exc:
-            if not task.skip_bad_images:
-                raise
-            write_text_atomic(skipped_path(task.out, name), str(exc))
-            done.append((name, str(exc)))
-            continue
-        feats = extractor(image)
-        with atomic_path(feature_path(task.out, name)) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, keypoints=feats.keypoints.astype(np.float32),
-                         descriptors=feats.descriptors.astype(np.float16), scores=feats.scores.astype(np.float32),
-                         image_size=np.asarray(feats.image_size, np.int64),
-                         global_desc=np.asarray(global_model(image), np.float32))
-        skipped_path(task.out, name).unlink(missing_ok=True)
-        done.append((name, None))
-    return done
+    extractor, global_model = _models(task.features, task.global_desc, task.device)
+    if task.device == "cpu" or not hasattr(extractor, "batch"):
+        return [_write(task, name, _read(task, name), extractor, global_model) for name in task.names]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="vloc-decode") as pool:
+        images = list(pool.map(lambda name: _read(task, name), task.names))
+    readable = [k for k, image in enumerate(images) if not isinstance(image, str)]
+    features = dict(zip(readable, extractor.batch([images[k] for k in readable]), strict=True))
+    return [_write(task, name, image, features.get(k), global_model)
+            for k, (name, image) in enumerate(zip(task.names, images))]
+
+
+def _write(task: ExtractChunk, name: str, image: np.ndarray | str, extractor, global_model) -> tuple[str, str | None]:
+    """One image's features file (``extractor``: an extractor, or the image's features already
+    extracted), or its skipped record when ``image`` is the reason it could not be read."""
+    if isinstance(image, str):
+        write_text_atomic(skipped_path(task.out, name), image)
+        return name, image
+    feats = extractor if isinstance(extractor, Features) else extractor(image)
+    with atomic_path(feature_path(task.out, name)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, keypoints=feats.keypoints.astype(np.float32),
+                     descriptors=feats.descriptors.astype(np.float16), scores=feats.scores.astype(np.float32),
+                     image_size=np.asarray(feats.image_size, np.int64),
+                     global_desc=np.asarray(global_model(image), np.float32))
+    skipped_path(task.out, name).unlink(missing_ok=True)
+    return name, None
 
 
 def extract_stage(stage: Stage, image_dir: Path, names: list[str], features: FeatureConf, global_desc: GlobalConf,
@@ -109,7 +130,7 @@ def extract_stage(stage: Stage, image_dir: Path, names: list[str], features: Fea
         logger.info("extract: %d of %d images already extracted in %s, reused", len(names) - len(todo) - len(skipped),
                     len(names), stage.directory)
     tasks = [ExtractChunk(features, global_desc, Path(image_dir), stage.directory, tuple(todo[i:i + CHUNK]),
-                          skip_bad_images) for i in range(0, len(todo), CHUNK)]
+                          skip_bad_images, executor.device) for i in range(0, len(todo), CHUNK)]
     with tqdm(total=len(todo), desc="extract", unit="img") as bar:
         for result in executor.map(extract_chunk, tasks):
             for name, reason in result:

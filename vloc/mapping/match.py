@@ -116,6 +116,7 @@ class MatchChunk:
     names: tuple[str, ...]
     pairs: tuple[tuple[int, int], ...]
     views: tuple[KnownView, ...] | None = None
+    device: str = "cpu"
 
 
 def chunk_path(stage_dir: Path, index: int) -> Path:
@@ -123,10 +124,10 @@ def chunk_path(stage_dir: Path, index: int) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _matcher(conf: MatcherConf):
+def _matcher(conf: MatcherConf, device: str):
     from vloc.matching import make_matcher
 
-    return make_matcher(conf)
+    return make_matcher(conf, device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -136,7 +137,7 @@ def _feature_cache(extract_dir: Path) -> LruFeatures:
 
 def match_chunk(task: MatchChunk) -> tuple[int, int]:
     """Match and write one chunk; returns (pairs, matches)."""
-    matcher, features = _matcher(task.matcher), _feature_cache(task.extract_dir)
+    matcher, features = _matcher(task.matcher, task.device), _feature_cache(task.extract_dir)
     found = [np.asarray(_match_pair(task, matcher, features, i, j), np.uint32).reshape(-1, 2) for i, j in task.pairs]
     with atomic_path(chunk_path(task.out, task.index)) as tmp:
         with open(tmp, "wb") as f:
@@ -183,7 +184,7 @@ def match_stage(stage: Stage, pairs_dir: Path, extract_dir: Path, conf: MatcherC
         local = {i: n for n, i in enumerate(used)}
         tasks.append(MatchChunk(conf, Path(extract_dir), stage.directory, k, tuple(names[i] for i in used),
                                 tuple((local[i], local[j]) for i, j in block),
-                                None if views is None else tuple(views[names[i]] for i in used)))
+                                None if views is None else tuple(views[names[i]] for i in used), executor.device))
     with tqdm(total=sum(len(t.pairs) for t in tasks), desc="match", unit="pair") as bar:
         for num_pairs, _ in executor.map(match_chunk, tasks):
             bar.update(num_pairs)

@@ -6,7 +6,10 @@ descriptors (mutual nearest neighbour, which also offers ``match_descriptors``).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 from vloc.config import MatcherConf
 from vloc.matching.lightglue import LightGlueMatcher
@@ -19,8 +22,9 @@ MATCHERS: dict[str, Callable[[MatcherConf], Callable]] = {
 }
 
 
-def make_matcher(conf: MatcherConf):
-    return create(MATCHERS, conf, "matcher")
+def make_matcher(conf: MatcherConf, device: "torch.device | str" = "cpu"):
+    """The matcher ``conf`` names, its network or matrix products on ``device``."""
+    return create(MATCHERS, conf, "matcher", device=device)
 
 
 __all__ = ["MATCHERS", "make_matcher"]

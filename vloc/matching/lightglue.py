@@ -38,7 +38,7 @@ class LightGlueMatcher:
 
     needs_keypoints = True
 
-    def __init__(self, conf: MatcherConf):
+    def __init__(self, conf: MatcherConf, device: torch.device | str = "cpu"):
         if conf.features not in WEIGHTS_FOR:
             raise ValueError(f"LightGlue has no weights for features {conf.features!r}; "
                              f"valid: {', '.join(sorted(WEIGHTS_FOR))}")
@@ -52,13 +52,14 @@ class LightGlueMatcher:
         self.model = LightGlue(None, **settings)
         load_into(self.model, _kornia_keys(load_checkpoint(weight_name)), weight_name,
                   derived={"confidence_thresholds"})
+        self.device = torch.device(device)
+        self.model.to(self.device)
 
-    @staticmethod
-    def _image(feats: Features) -> dict[str, torch.Tensor]:
+    def _image(self, feats: Features) -> dict[str, torch.Tensor]:
         # COLMAP convention -> pixel frame; LightGlue normalises by the image size anyway.
-        return dict(keypoints=torch.from_numpy(feats.keypoints - 0.5)[None],
-                    descriptors=torch.from_numpy(feats.descriptors)[None],
-                    image_size=torch.tensor([feats.image_size], dtype=torch.float32))
+        return dict(keypoints=torch.from_numpy(feats.keypoints - 0.5)[None].to(self.device),
+                    descriptors=torch.from_numpy(feats.descriptors)[None].to(self.device),
+                    image_size=torch.tensor([feats.image_size], dtype=torch.float32, device=self.device))
 
     @torch.inference_mode()
     def __call__(self, feats0: Features, feats1: Features) -> np.ndarray:
@@ -66,7 +67,7 @@ class LightGlueMatcher:
         if len(feats0) == 0 or len(feats1) == 0:
             return np.zeros((0, 2), np.int64)
         out = self.model({"image0": self._image(feats0), "image1": self._image(feats1)})
-        return out["matches"][0].numpy().astype(np.int64).reshape(-1, 2)
+        return out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
 
     def match_many(self, query: Features, others: list[Features]) -> list[np.ndarray]:
         """``query`` against each of ``others``: one network call per pair, so that point pruning

@@ -28,21 +28,25 @@ def native_bfloat16() -> bool:
 
 
 class MutualNNMatcher:
-    """Descriptors only: the localizer may match a query against any set of descriptors at once."""
+    """Descriptors only: the localizer may match a query against any set of descriptors at once.
+    The similarity products run on ``device``; ``auto`` precision is bfloat16 only on a CPU that
+    multiplies it natively, float32 elsewhere (a GPU included)."""
 
     needs_keypoints = False
     candidates = 3  # bfloat16: best candidates per row whose distances are recomputed in float32
     block_rows = 256  # similarity rows reduced at once: a (256, M) block stays in the CPU's caches
     excluded_sim = -4.0  # guided matching's excluded pairs: below any unit-vector similarity (-1)
 
-    def __init__(self, conf: MatcherConf):
+    def __init__(self, conf: MatcherConf, device: torch.device | str = "cpu"):
         try:
             precision = Precision(conf.precision)
         except ValueError:
             raise ValueError(f"matcher precision {conf.precision!r}; valid: {', '.join(p.value for p in Precision)}") \
                 from None
+        self.device = torch.device(device)
         if precision is Precision.AUTO:
-            precision = Precision.BFLOAT16 if native_bfloat16() else Precision.FLOAT32
+            on_cpu = self.device.type == "cpu"
+            precision = Precision.BFLOAT16 if on_cpu and native_bfloat16() else Precision.FLOAT32
         self.conf, self.bfloat16 = conf, precision is Precision.BFLOAT16
         logger.debug("mutual NN similarities in %s", precision)
 
@@ -56,14 +60,14 @@ class MutualNNMatcher:
         """``desc0`` ``(N, D)``, ``desc1`` ``(M, D)``, unit norm -> ``(K, 2)`` int64 matches.
         ``allowed`` ``(N, M)`` bool: only these pairs are candidates (guided matching); the ratio
         test and the mutual check then run among them."""
-        d0 = torch.as_tensor(desc0, dtype=torch.float32)
-        d1 = torch.as_tensor(desc1, dtype=torch.float32)
+        d0 = torch.as_tensor(desc0, dtype=torch.float32, device=self.device)
+        d1 = torch.as_tensor(desc1, dtype=torch.float32, device=self.device)
         if len(d0) == 0 or len(d1) == 0:
             return np.zeros((0, 2), np.int64)
         if allowed is not None and allowed.shape != (len(d0), len(d1)):
             raise ValueError(f"allowed pairs {allowed.shape} for {len(d0)} x {len(d1)} descriptors")
-        top_sim, top_idx, at_best, col_max = self._reduce(
-            d0, d1, None if allowed is None else torch.from_numpy(np.ascontiguousarray(allowed)))
+        top_sim, top_idx, at_best, col_max = (t.cpu() for t in self._reduce(
+            d0, d1, None if allowed is None else torch.from_numpy(np.ascontiguousarray(allowed)).to(self.device)))
         best1 = top_idx[:, 0]
         dist = torch.sqrt(torch.clamp(2 - 2 * top_sim, min=0))
         keep = dist[:, 0] <= self.conf.max_distance
@@ -88,7 +92,7 @@ class MutualNNMatcher:
         dtype = torch.bfloat16 if self.bfloat16 else torch.float32
         a, bt = d0.to(dtype), d1.to(dtype).T.contiguous()
         k = min(self.candidates if self.bfloat16 else 2, len(d1))
-        col_max = torch.full((len(d1),), -torch.inf, dtype=dtype)
+        col_max = torch.full((len(d1),), -torch.inf, dtype=dtype, device=d0.device)
         sims, idxs, at_best = [], [], []
         for start in range(0, len(d0), self.block_rows):
             sim = a[start:start + self.block_rows] @ bt  # (B, M); squared L2 distance = 2 - 2 sim

@@ -277,8 +277,13 @@ def resize(x: torch.Tensor, scale: float) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def _autocast(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters are: inputs go there, outputs come back to the CPU."""
+    return next(model.parameters()).device
 
 
 @torch.inference_mode()
@@ -286,11 +291,12 @@ def extract_global(model: DELG, x: torch.Tensor, scales: Sequence[float] = GLOBA
                    bf16: bool = False) -> torch.Tensor:
     """``(B, 3, H, W)`` preprocessed -> ``(B, global_dim)`` float32: the per-scale (L2-normalised)
     descriptors averaged over ``scales``, then L2-normalised."""
+    x = x.to(model_device(model))
     total = 0
     for s in scales:
-        with _autocast(bf16):
+        with _autocast(bf16, x.device):
             total = total + model.global_head(model.backbone(resize(x, s))["conv5"]).float()
-    return F.normalize(total / len(scales), dim=-1)
+    return F.normalize(total / len(scales), dim=-1).cpu()
 
 
 @dataclass
@@ -317,13 +323,14 @@ def extract_local(model: DELG, x: torch.Tensor, scales: Sequence[float] = LOCAL_
     cannot use two observations of one pixel. Then the ``max_features`` highest attentions win.
     """
     spec = get_variant(model.variant)
+    x = x.to(model_device(model))
     h, w = x.shape[-2:]
     per_image: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(x.shape[0])]
     for s in scales:
         xs = resize(x, s)
-        with _autocast(bf16):
+        with _autocast(bf16, xs.device):
             out = model.local_head(model.backbone(xs, with_conv5=False)["conv4"])
-        att, codes = out["attention"].float()[:, 0], F.normalize(out["codes"].float(), dim=1)
+        att, codes = out["attention"].float()[:, 0].cpu(), F.normalize(out["codes"].float(), dim=1).cpu()
         # cell centres in resized pixels (COLMAP convention: + 0.5), then in input pixels (per-axis ratio)
         centres = []
         for size, cells, pixels in ((w, att.shape[-1], xs.shape[-1]), (h, att.shape[-2], xs.shape[-2])):
@@ -349,4 +356,4 @@ def _select(parts: list[tuple[np.ndarray, ...]], max_features: int) -> LocalCand
 
 
 __all__ = ["ATTENTION_INPUTS", "DELG", "DELG_VARIANTS", "GLOBAL_SCALES", "LOCAL_SCALES", "build_delg", "extract_global",
-           "extract_local", "load_delg", "preprocess", "save_delg"]
+           "extract_local", "load_delg", "model_device", "preprocess", "save_delg"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vloc.models.delg import DELG, LocalCandidates, gem, preprocess
+from vloc.models.delg import DELG, LocalCandidates, gem, model_device, preprocess
 
 SCALES = (0.25, 0.35355338, 0.5, 0.70710677, 1.0, 1.4142135, 2.0)
 GLOBAL_SCALES_IND = (3, 4, 5)
@@ -67,7 +67,7 @@ def run_signature(model: DELG, image: np.ndarray, threshold: float, max_features
     ``ExtractFeatures`` signature's outputs (global ones raw, as the signature returns them)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 RGB image (H, W, 3), got {image.dtype} {image.shape}")
-    x = preprocess(model.variant, image).contiguous()
+    x = preprocess(model.variant, image).contiguous().to(model_device(model))
     wanted_global = set(global_scales_ind)
     if not wanted_global <= set(range(len(scales))):
         raise ValueError(f"global scale indices {sorted(wanted_global)} outside the {len(scales)} scales")
@@ -81,12 +81,12 @@ def run_signature(model: DELG, image: np.ndarray, threshold: float, max_features
         if not with_local:
             continue
         out = model.local_head(feats["conv4"][..., ::2, ::2])  # the stride-32 block3 map
-        prob, codes = out["attention"][0, 0], out["codes"][0]
+        prob, codes = out["attention"][0, 0].cpu(), out["codes"][0].cpu()
         iy, ix = torch.nonzero(prob >= threshold, as_tuple=True)
         loc = torch.stack([iy.float() * STRIDE / np.float32(s), ix.float() * STRIDE / np.float32(s)], dim=1)
         parts.append((loc.numpy(), codes[:, iy, ix].T.numpy(), prob[iy, ix].numpy(),
                       np.full(len(iy), 1.0 / np.float32(s), np.float32)))
-    global_raw = torch.stack([globals_[k] for k in global_scales_ind]).numpy() if global_scales_ind else \
+    global_raw = torch.stack([globals_[k] for k in global_scales_ind]).cpu().numpy() if global_scales_ind else \
         np.zeros((0, model.global_dim), np.float32)
     if not with_local or not parts:
         empty = np.zeros((0, 2), np.float32)

@@ -7,6 +7,8 @@ descriptor, combine and L2-normalise again.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from vloc.config import GlobalConf
@@ -14,11 +16,14 @@ from vloc.features.delg import delg_from_conf, is_official, resize_longest, to_r
 from vloc.models.delg import GLOBAL_SCALES, extract_global, preprocess
 from vloc.models.delg_official import extract_official_global
 
+if TYPE_CHECKING:
+    import torch
+
 
 class DelgGlobal:
-    def __init__(self, conf: GlobalConf):
+    def __init__(self, conf: GlobalConf, device: "torch.device | str" = "cpu"):
         self.conf = conf
-        self.model = delg_from_conf(conf.variant, conf.weights, "global_desc")
+        self.model = delg_from_conf(conf.variant, conf.weights, "global_desc", device)
         self.dim = self.model.global_dim
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

@@ -15,9 +15,10 @@ def gem(features: torch.Tensor, p: float, eps: float = 1e-6) -> torch.Tensor:
 
 
 class EfficientNetGeM:
-    def __init__(self, conf: GlobalConf):
+    def __init__(self, conf: GlobalConf, device: torch.device | str = "cpu"):
         self.conf = conf
-        self.model = load_efficientnet_lite0().to(memory_format=torch.channels_last)
+        self.device = torch.device(device)
+        self.model = load_efficientnet_lite0().to(self.device, memory_format=torch.channels_last)
         self.dim = 1280
 
     @torch.inference_mode()
@@ -30,6 +31,6 @@ class EfficientNetGeM:
         if scale < 1:
             image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         desc = gem(self.model(x)["head"], self.conf.gem_p)[0]
-        return torch.nn.functional.normalize(desc, dim=0).numpy().astype(np.float32)
+        return torch.nn.functional.normalize(desc, dim=0).cpu().numpy().astype(np.float32)

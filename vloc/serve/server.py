@@ -95,12 +95,13 @@ def make_server(localizer, host: str = "127.0.0.1", port: int = 0, max_bytes: in
     return ThreadedServer(Service({"default": localizer}, ServeConf(max_bytes=max_bytes, **conf), rigs), host, port)
 
 
-def load_maps(maps: list[str], preset: str | None = None) -> dict:
-    """``["NAME=DIR", ...]`` or ``["DIR"]`` -> ``{name: Localizer}``, one model cache for all."""
+def load_maps(maps: list[str], preset: str | None = None, device: str | None = None) -> dict:
+    """``["NAME=DIR", ...]`` or ``["DIR"]`` -> ``{name: Localizer}``, one model cache for all,
+    on ``device`` (:func:`vloc.device.resolve_device`)."""
     from vloc.localization.localizer import Localizer
     from vloc.localization.models import ModelCache
 
-    models, out = ModelCache(), {}
+    models, out = ModelCache(device), {}
     for spec in maps:
         name, sep, directory = spec.partition("=")
         if not sep:
@@ -108,16 +109,17 @@ def load_maps(maps: list[str], preset: str | None = None) -> dict:
         if not name or name in out:
             raise ValueError(f"--map {spec!r}: map names must be non-empty and distinct")
         out[name] = Localizer.load(directory, preset, models)
-    logger.info("loaded %d maps with %d shared models", len(out), len(models))
+    logger.info("loaded %d maps with %d shared models on %s", len(out), len(models), models.device)
     return out
 
 
 def serve(maps: list[str] | str | Path, host: str = "127.0.0.1", port: int = 8000, preset: str | None = None,
-          conf: ServeConf = ServeConf(), rigs: dict | None = None) -> None:
+          conf: ServeConf = ServeConf(), rigs: dict | None = None, device: str | None = None) -> None:
     """Load the maps once and serve them until SIGTERM / Ctrl-C; then finish what is in flight.
-    ``rigs``: name -> :class:`vloc.io.rigs.Rig` for ``POST /localize_rig``."""
+    ``rigs``: name -> :class:`vloc.io.rigs.Rig` for ``POST /localize_rig``; ``device``: where the
+    models run (default ``auto``)."""
     maps = [str(maps)] if isinstance(maps, (str, Path)) else maps
-    run_service(Service(load_maps(maps, preset), conf, rigs), host, port)
+    run_service(Service(load_maps(maps, preset, device), conf, rigs), host, port)
 
 
 def run_service(service: Service, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -24,7 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from vloc.io.files import atomic_path
-from vloc.models.delg import DELG, build_delg, load_delg, preprocess, save_delg
+from vloc.device import resolve_device
+from vloc.models.delg import DELG, build_delg, load_delg, model_device, preprocess, save_delg
 from vloc.training.data import (
     BatchSampler,
     ImageLoader,
@@ -126,7 +127,8 @@ def describe(model: DELG, variant: str, data: LabelledSet, size: int, loader: Im
     out = []
     for name in tqdm(data.names, desc=desc, unit="img", leave=False):
         image = resize_longest(loader(name), size)
-        out.append(model(preprocess(variant, image[None]))["global_descriptor"][0].float().numpy())
+        x = preprocess(variant, image[None]).to(model_device(model))
+        out.append(model(x)["global_descriptor"][0].float().cpu().numpy())
     model.train(was_training)
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
 
@@ -157,7 +159,7 @@ class Trainer:
     """
 
     def __init__(self, conf: TrainConf, train: LabelledSet, val: LabelledSet, out_dir: Path | str,
-                 init_weights: Path | str | None = None, resume: bool = False):
+                 init_weights: Path | str | None = None, resume: bool = False, device: str | None = None):
         if train.num_classes < 2:
             raise ValueError(f"training needs at least 2 classes, got {train.num_classes}")
         self.conf, self.train_set, self.val_set = conf, train, val
@@ -171,10 +173,12 @@ class Trainer:
             self.model = build_delg(conf.variant, weights=init_weights)
             if init_weights is None:
                 identity_whitening(self.model)
+        self.device = resolve_device(device)
+        self.model.to(self.device)
         heads, backbone = set_trainable(self.model, conf.backbone)
         c4, dim = self._probe_dims()
         self.loss = DELGLoss(dim, c4, train.num_classes, conf.arcface_margin, conf.arcface_scale,
-                             conf.reconstruction_weight)
+                             conf.reconstruction_weight).to(self.device)
         groups = [dict(params=heads + list(self.loss.parameters()), lr=conf.lr)]
         if backbone:
             groups.append(dict(params=backbone, lr=conf.backbone_lr))
@@ -206,14 +210,14 @@ class Trainer:
     def _probe_dims(self) -> tuple[int, int]:
         with torch.no_grad():
             self.model.eval()
-            out = self.model(preprocess(self.conf.variant, np.zeros((1, 64, 64, 3), np.uint8)))
+            out = self.model(preprocess(self.conf.variant, np.zeros((1, 64, 64, 3), np.uint8)).to(self.device))
         return out["conv4"].shape[1], out["global_descriptor"].shape[1]
 
     def step(self, images: np.ndarray, labels: np.ndarray) -> LossTerms:
         """One optimisation step on ``(B, S, S, 3)`` uint8 images and ``(B,)`` labels."""
         train_mode(self.model)
-        outputs = self.model(preprocess(self.conf.variant, images))
-        terms = self.loss(outputs, torch.from_numpy(labels))
+        outputs = self.model(preprocess(self.conf.variant, images).to(self.device))
+        terms = self.loss(outputs, torch.from_numpy(labels).to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         self.optimizer.step()
@@ -269,10 +273,11 @@ class Trainer:
 
 
 def train_delg(images: Path | str, out_dir: Path | str, conf: TrainConf = TrainConf(), csv: Path | str | None = None,
-               resume: bool = False, init_weights: Path | str | None = None) -> list[dict]:
+               resume: bool = False, init_weights: Path | str | None = None, device: str | None = None) -> list[dict]:
     """``vloc train delg``: labels from ``csv`` (``image,label`` or GLDv2 layout) or from one
-    sub-folder per class, a held-out split per class for validation, then :meth:`Trainer.fit`."""
+    sub-folder per class, a held-out split per class for validation, then :meth:`Trainer.fit` on
+    ``device`` (:func:`vloc.device.resolve_device`)."""
     data = read_csv_labels(images, csv) if csv is not None else read_class_folders(images)
     train, val = split_train_val(data, conf.val_fraction, conf.seed)
     logger.info("%d classes: %d training images, %d validation images", data.num_classes, len(train), len(val))
-    return Trainer(conf, train, val, out_dir, init_weights, resume).fit()
+    return Trainer(conf, train, val, out_dir, init_weights, resume, device).fit()
