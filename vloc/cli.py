@@ -149,6 +149,31 @@ def cmd_map_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_map_import_colmap(args: argparse.Namespace) -> int:
+    from vloc.mapping.interop import import_colmap
+
+    manifest = import_colmap(args.model, args.database, args.images, args.out, args.preset,
+                             overwrite=args.overwrite, device=args.device)
+    print(f"{args.out}: {manifest.summary} (preset {manifest.preset['name']})")
+    return 0
+
+
+def cmd_map_import_hloc(args: argparse.Namespace) -> int:
+    from vloc.mapping.interop import import_hloc
+
+    manifest = import_hloc(args.model, args.features, args.images, args.out, args.feature_type,
+                           overwrite=args.overwrite, device=args.device)
+    print(f"{args.out}: {manifest.summary} (preset {manifest.preset['name']})")
+    return 0
+
+
+def cmd_map_export(args: argparse.Namespace) -> int:
+    from vloc.mapping.interop import export_colmap
+
+    print(f"{export_colmap(args.map, args.colmap, args.float_descriptors)}: COLMAP project (sparse/, database.db)")
+    return 0
+
+
 def cmd_map_upgrade(args: argparse.Namespace) -> int:
     from vloc.mapping.manifest import read_manifest
     from vloc.mapping.upgrade import upgrade_map
@@ -523,6 +548,31 @@ def build_parser() -> argparse.ArgumentParser:
                        "(no image is read)")
     up.add_argument("map", type=Path)
     up.set_defaults(func=cmd_map_upgrade)
+
+    im = mp.add_parser("import", help="a vloc map from a COLMAP project or an hloc run, without re-extracting "
+                       "(only global descriptors are computed)").add_subparsers(dest="import_command", required=True)
+    ic = im.add_parser("colmap", help="a COLMAP model and its database (keypoints, descriptors, observations)")
+    ic.add_argument("--model", type=Path, required=True, help="the sparse model folder (cameras, images, points3D)")
+    ic.add_argument("--database", type=Path, required=True, help="the project's database.db")
+    ih = im.add_parser("hloc", help="an hloc SfM model and its features.h5 (sift, aliked-n16 or disk)")
+    ih.add_argument("--model", type=Path, required=True, help="hloc's SfM model folder")
+    ih.add_argument("--features", type=Path, required=True, help="hloc's feature file (feats-NAME-....h5)")
+    ih.add_argument("--feature-type", help="hloc's extractor name when the file name does not say it")
+    for importer, func in ((ic, cmd_map_import_colmap), (ih, cmd_map_import_hloc)):
+        importer.add_argument("--images", type=Path, required=True, help="the project's images (for global descriptors)")
+        importer.add_argument("--out", type=Path, required=True)
+        importer.add_argument("--overwrite", action="store_true")
+        _add_device(importer)
+        importer.set_defaults(func=func)
+    ic.add_argument("--preset", choices=sorted(PRESETS), help="how queries are described (default: colmap, "
+                    "COLMAP's own SIFT, for its uint8 descriptors; float descriptors need the preset that made them)")
+
+    mx = mp.add_parser("export", help="write a map as a COLMAP project (model + database) that COLMAP opens")
+    mx.add_argument("map", type=Path)
+    mx.add_argument("--colmap", type=Path, required=True, help="a new folder: sparse/ and database.db")
+    mx.add_argument("--float-descriptors", action="store_true", help="keep descriptors as float32, exactly "
+                    "(default for SIFT maps: COLMAP's uint8, which its matchers read)")
+    mx.set_defaults(func=cmd_map_export)
 
     tn = sub.add_parser("train", help="train models").add_subparsers(dest="train_command", required=True)
     td = tn.add_parser("delg", help="train DELG (ArcFace global + attention + autoencoder) on labelled images")

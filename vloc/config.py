@@ -270,6 +270,19 @@ PRESETS: dict[str, Preset] = {
     # with known poses matched along their epipolar lines, the query's ratio test at 0.9, RANSAC at
     # 4 px (at 8 px a camera orbited 11-16 deg around a small, far object still fits), and a query
     # whose two layers disagree fails. docs/benchmarks.md has the measurements.
+    # DISK + LightGlue, as "aliked" (for maps imported from hloc's DISK runs, and DISK's own maps).
+    "disk": Preset(
+        name="disk",
+        features=FeatureConf(name="disk", max_keypoints=2048, resize_max=1600, root_sift=False),
+        matcher=MatcherConf(name="lightglue", features="disk"),
+        pairs=PairsConf(num_retrieved=5),
+        pose=PoseConf(num_retrieved=3, max_keypoints=2048)),
+    # COLMAP's own SIFT (pycolmap's extractor, its default options: 8,192 features, images up to
+    # 3,200 px), descriptors quantized as COLMAP's database stores them: the preset of maps imported
+    # from COLMAP projects (`vloc map import colmap`), whose queries must be described alike.
+    "colmap": Preset(
+        name="colmap",
+        features=FeatureConf(name="colmap-sift", max_keypoints=8192, resize_max=3200, root_sift=False)),
     "accurate": Preset(name="accurate", matcher=MatcherConf(epipolar_px=4.0),
                        pose=PoseConf(max_error_px=4.0, match_ratio=0.9),
                        fallback=FallbackConf(preset="aliked", below_inliers=100)),

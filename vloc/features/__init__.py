@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 from vloc.config import FeatureConf
 from vloc.features.base import Features
+from vloc.features.colmap_sift import ColmapSiftExtractor
 from vloc.features.delg import DelgExtractor
 from vloc.features.learned import AlikedExtractor, DiskExtractor, XFeatExtractor
 from vloc.features.sift import SiftExtractor
@@ -19,6 +20,7 @@ from vloc.registry import create
 
 EXTRACTORS: dict[str, Callable[[FeatureConf], Callable]] = {
     "sift": SiftExtractor,
+    "colmap-sift": ColmapSiftExtractor,  # COLMAP's SIFT, for maps imported from COLMAP projects
     "aliked-n16": AlikedExtractor,
     "aliked-n16rot": AlikedExtractor,
     "aliked-n32": AlikedExtractor,

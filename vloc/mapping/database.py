@@ -16,6 +16,7 @@ def write_database(
     matches: Iterable[tuple[int, int, np.ndarray, pycolmap.TwoViewGeometry | None]],
     position_priors: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     rigs_and_frames: tuple[list[pycolmap.Rig], list[pycolmap.Frame]] | None = None,
+    descriptors: Iterable[tuple[int, pycolmap.FeatureDescriptors]] = (),
 ) -> None:
     """Create ``path`` from scratch; ``keypoints`` and ``matches`` are read one item at a time.
 
@@ -31,6 +32,8 @@ def write_database(
             COLMAP pose priors of the image's frame.
         rigs_and_frames: every rig and frame (multi-camera rigs, :mod:`vloc.mapping.rigs`);
             default: a one-camera rig per camera and a one-image frame per image.
+        descriptors: (image_id, descriptors) for the images that get them (``vloc map export``;
+            SfM from vloc's own stages needs none).
     """
     if path.exists():
         path.unlink()
@@ -56,6 +59,8 @@ def write_database(
                     coordinate_system=pycolmap.PosePriorCoordinateSystem.CARTESIAN))
         for image_id, points in keypoints:
             db.write_keypoints(image_id, np.ascontiguousarray(points, dtype=np.float32))
+        for image_id, desc in descriptors:
+            db.write_descriptors(image_id, desc)
         for id1, id2, raw, geometry in matches:
             db.write_matches(id1, id2, np.ascontiguousarray(raw, dtype=np.uint32))
             if geometry is not None:
