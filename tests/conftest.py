@@ -80,3 +80,17 @@ def serve():
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def seven_small(data_dir, tmp_path_factory) -> tuple[PreparedSet, list[str], Path]:
+    """7scenes frames 0, 4, ..., 120 (31 images) and a ``sift`` map of them at their known poses
+    (about 15 s): ``(the set, the map's image names, the map)``; its queries 10, 30, ..., 110 lie among them."""
+    from vloc.mapping.build import build_map
+
+    ds = prepared("7scenes")
+    work = tmp_path_factory.mktemp("seven_small")
+    names = [f"frame-{i:06d}.color.jpg" for i in range(0, 121, 4)]
+    (work / "map_images.txt").write_text("".join(n + "\n" for n in names))
+    build_map(ds.images, work / "map", get_preset("sift"), reference=ds.ref_model, image_list=work / "map_images.txt")
+    return ds, names, work / "map"

@@ -101,17 +101,12 @@ def kitti_seq(kitti, kitti_map, tmp_path_factory) -> Sequence:
 
 
 @pytest.fixture(scope="module")
-def seven_seq(data_dir, tmp_path_factory) -> Sequence:
-    """7scenes queries 10, 30, ..., 110 and a map of the frames 0, 4, ..., 120 (known poses)."""
-    from vloc.config import get_preset
-    from vloc.mapping.build import build_map
-
-    ds = open_prepared(data_dir / "prepared" / "7scenes")
-    work = tmp_path_factory.mktemp("7scenes")
-    (work / "map_images.txt").write_text("".join(f"frame-{i:06d}.color.jpg\n" for i in range(0, 121, 4)))
-    build_map(ds.images, work / "map", get_preset("sift"), reference=ds.ref_model, image_list=work / "map_images.txt")
+def seven_seq(seven_small, tmp_path_factory) -> Sequence:
+    """7scenes queries 10, 30, ..., 110 and the map of frames 0, 4, ..., 120 (known poses)."""
+    ds, _, map_dir = seven_small
     queries = [q for q in read_queries(ds.root / "queries.txt") if int(q.name[6:12]) <= 110]
-    return _sequence(ds, [q.name for q in queries], queries[0].camera, work / "images", work / "map")
+    return _sequence(ds, [q.name for q in queries], queries[0].camera, tmp_path_factory.mktemp("7scenes") / "images",
+                     map_dir)
 
 
 def _messages(store, seq: Sequence, compressed: bool):
