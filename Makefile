@@ -57,7 +57,7 @@ browser-deps:
 # Tests also need pytest, Playwright, TensorFlow + tf-slim (DELG parity test; not used at run time)
 # and Ray (the --ray build path runs on a local 2-CPU instance).
 $(TEST_STAMP): $(STAMP) | browser-deps
-	$(BIN)/pip install -q -e ".[test,parity,ray,robot]"
+	$(BIN)/pip install -q -e ".[test,parity,ray,robot,kapture]"
 	touch $(TEST_STAMP)
 
 bench: $(STAMP)

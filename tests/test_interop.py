@@ -180,3 +180,44 @@ def test_what_does_not_fit_is_named_and_leaves_no_map(seven_small, pycolmap_proj
     with pytest.raises(FileNotFoundError, match="not a COLMAP model folder"):
         import_colmap(tmp_path, database, ds.images, out)
     assert not out.exists() and not list(tmp_path.glob("map*"))
+
+
+def test_a_kapture_dataset_imports_and_localizes_as_well_as_the_prepared_map(data_dir, virtual_gallery, vg_map,
+                                                                              tmp_path):
+    """virtual_gallery's mapping kapture (a rig of two cameras at six timestamps) read by kapture's own
+    loader; its 4 queries localize as on the map built from the prepared set."""
+    assert main(["map", "import", "kapture", "--kapture", str(data_dir / "virtual_gallery" / "mapping"),
+                 "--out", str(tmp_path / "vg")]) == 0
+    imported, prepared = _localize(tmp_path / "vg", virtual_gallery), _localize(vg_map, virtual_gallery)
+    assert all(p is not None for p in imported.values()) and len(imported) == 4
+    assert _median_error_cm(imported, virtual_gallery) <= 1.1 * _median_error_cm(prepared, virtual_gallery) + 0.1
+
+
+def test_a_kapture_export_reads_back_with_kaptures_loader(kitti_map, data_dir, tmp_path):
+    import kapture
+    from kapture.io.csv import kapture_from_dir
+
+    from vloc.mapping.kapture_maps import export_kapture, import_kapture
+
+    assert main(["map", "export", str(kitti_map), "--kapture", str(tmp_path / "k")]) == 0
+    data = kapture_from_dir(str(tmp_path / "k"))
+    model = pycolmap.Reconstruction(str(kitti_map / "model"))
+    by_name = {im.name: im for im in model.images.values()}
+    records = list(kapture.flatten(data.records_camera, is_sorted=True))
+    assert sorted(name for _, _, name in records) == sorted(by_name)
+    for timestamp, sensor_id, name in records:
+        pose = data.trajectories[timestamp, sensor_id]
+        expected = by_name[name].cam_from_world()
+        x, y, z, w = expected.rotation.quat
+        assert np.abs(np.asarray(pose.r_raw) - [w, x, y, z]).max() < 1e-12
+        assert np.abs(np.asarray(pose.t_raw) - expected.translation).max() < 1e-12
+        camera = model.cameras[by_name[name].camera_id]
+        assert data.sensors[sensor_id].camera_params[2:] == list(camera.params)
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_kapture(kitti_map, tmp_path / "k")
+    posed_nowhere = tmp_path / "no_trajectories"  # a kapture folder without trajectories
+    shutil.copytree(data_dir / "virtual_gallery" / "mapping" / "sensors", posed_nowhere / "sensors",
+                    ignore=shutil.ignore_patterns("records_data", "trajectories.txt"))
+    with pytest.raises(ValueError, match="no_trajectories: no trajectories"):
+        import_kapture(posed_nowhere, tmp_path / "map")
+    assert not (tmp_path / "map").exists()

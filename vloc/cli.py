@@ -167,10 +167,25 @@ def cmd_map_import_hloc(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_map_export(args: argparse.Namespace) -> int:
-    from vloc.mapping.interop import export_colmap
+def cmd_map_import_kapture(args: argparse.Namespace) -> int:
+    from vloc.mapping.kapture_maps import import_kapture
 
-    print(f"{export_colmap(args.map, args.colmap, args.float_descriptors)}: COLMAP project (sparse/, database.db)")
+    manifest = import_kapture(args.kapture, args.out, args.preset, overwrite=args.overwrite, device=args.device)
+    print(f"{args.out}: {manifest.summary} (preset {manifest.preset['name']})")
+    return 0
+
+
+def cmd_map_export(args: argparse.Namespace) -> int:
+    if args.colmap is None and args.kapture is None:
+        raise ValueError("vloc map export needs --colmap DIR and/or --kapture DIR")
+    if args.colmap is not None:
+        from vloc.mapping.interop import export_colmap
+
+        print(f"{export_colmap(args.map, args.colmap, args.float_descriptors)}: COLMAP project (sparse/, database.db)")
+    if args.kapture is not None:
+        from vloc.mapping.kapture_maps import export_kapture
+
+        print(f"{export_kapture(args.map, args.kapture)}: kapture dataset")
     return 0
 
 
@@ -558,8 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--model", type=Path, required=True, help="hloc's SfM model folder")
     ih.add_argument("--features", type=Path, required=True, help="hloc's feature file (feats-NAME-....h5)")
     ih.add_argument("--feature-type", help="hloc's extractor name when the file name does not say it")
-    for importer, func in ((ic, cmd_map_import_colmap), (ih, cmd_map_import_hloc)):
+    for importer in (ic, ih):
         importer.add_argument("--images", type=Path, required=True, help="the project's images (for global descriptors)")
+    ik = im.add_parser("kapture", help="a kapture dataset (sensors, rigs, trajectories, records): a map built at "
+                       "its poses, as map build --reference (`vloc[kapture]`)")
+    ik.add_argument("--kapture", type=Path, required=True, help="the dataset folder (holding sensors/)")
+    ik.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
+    for importer, func in ((ic, cmd_map_import_colmap), (ih, cmd_map_import_hloc), (ik, cmd_map_import_kapture)):
         importer.add_argument("--out", type=Path, required=True)
         importer.add_argument("--overwrite", action="store_true")
         _add_device(importer)
@@ -567,9 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     ic.add_argument("--preset", choices=sorted(PRESETS), help="how queries are described (default: colmap, "
                     "COLMAP's own SIFT, for its uint8 descriptors; float descriptors need the preset that made them)")
 
-    mx = mp.add_parser("export", help="write a map as a COLMAP project (model + database) that COLMAP opens")
+    mx = mp.add_parser("export", help="write a map as a COLMAP project (model + database) that COLMAP opens, "
+                       "or as a kapture dataset")
     mx.add_argument("map", type=Path)
-    mx.add_argument("--colmap", type=Path, required=True, help="a new folder: sparse/ and database.db")
+    mx.add_argument("--colmap", type=Path, help="a new folder: sparse/ and database.db")
+    mx.add_argument("--kapture", type=Path, help="a new folder: a kapture dataset of the map's cameras and poses "
+                    "(`vloc[kapture]`)")
     mx.add_argument("--float-descriptors", action="store_true", help="keep descriptors as float32, exactly "
                     "(default for SIFT maps: COLMAP's uint8, which its matchers read)")
     mx.set_defaults(func=cmd_map_export)
