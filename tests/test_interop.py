@@ -221,3 +221,25 @@ def test_a_kapture_export_reads_back_with_kaptures_loader(kitti_map, data_dir, t
     with pytest.raises(ValueError, match="no_trajectories: no trajectories"):
         import_kapture(posed_nowhere, tmp_path / "map")
     assert not (tmp_path / "map").exists()
+
+
+def test_localize_writes_kapture_trajectories_keyed_by_the_query_records(virtual_gallery, vg_map, data_dir, tmp_path):
+    """virtual_gallery's kapture queries localized from their own records folder; the trajectories
+    file, read by kapture's loader, has the records' (timestamp, sensor) keys and poses near the
+    dataset's own query trajectories."""
+    from kapture.io.csv import trajectories_from_file
+
+    query_kapture = data_dir / "virtual_gallery" / "query"
+    prefix = "query/sensors/records_data/"
+    renamed = {k: v[len(prefix):] for k, v in virtual_gallery.meta["image_name_map"].items() if v.startswith(prefix)}
+    lines = [line.split(maxsplit=1) for line in (virtual_gallery.root / "queries.txt").read_text().splitlines() if line]
+    (tmp_path / "queries.txt").write_text("".join(f"{renamed[name]} {camera}\n" for name, camera in lines))
+    assert main(["localize", "--map", str(vg_map), "--queries", str(tmp_path / "queries.txt"), "--images",
+                 str(query_kapture / "sensors" / "records_data"), "--out", str(tmp_path / "poses.txt"),
+                 "--kapture-out", str(tmp_path / "trajectories.txt"), "--kapture-records", str(query_kapture)]) == 0
+    written = trajectories_from_file(str(tmp_path / "trajectories.txt"))
+    truth = trajectories_from_file(str(query_kapture / "sensors" / "trajectories.txt"))
+    keys = sorted(written.key_pairs())
+    assert len(keys) == 4 and set(keys) <= set(truth.key_pairs())
+    for key in keys:
+        assert np.linalg.norm(np.asarray(written[key].t_raw) - np.asarray(truth[key].t_raw)) < 0.05  # metres

@@ -228,6 +228,11 @@ def cmd_localize(args: argparse.Namespace) -> int:
               f"log: {log_path_for(args.out)}")
         return 0
     results = localize_queries(localizer, queries, args.images, args.out)
+    if args.kapture_out is not None:
+        from vloc.io.kapture import write_kapture_trajectories
+
+        write_kapture_trajectories(args.kapture_out, {r.name: r.cam_from_world for r in results if r.success},
+                                   args.kapture_records)
     ok = sum(r.success for r in results)
     print(f"localized {ok}/{len(results)}; poses: {args.out}; log: {log_path_for(args.out)}")
     return 0
@@ -620,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--map", type=Path, required=True)
     loc.add_argument("--queries", type=Path, required=True, help="'name MODEL w h params...' or 'name' per line")
     loc.add_argument("--images", type=Path, required=True)
-    loc.add_argument("--out", type=Path, required=True, help="pose list; the JSON log goes beside it")
+    loc.add_argument("--out", type=Path, required=True, help="pose list ('name qw qx qy qz tx ty tz', cam_from_world: "
+                     "also the visuallocalization.net submission format); the JSON log goes beside it")
+    loc.add_argument("--kapture-out", type=Path, metavar="FILE", help="also kapture's trajectories.txt of the "
+                     "localized queries (`vloc[kapture]`)")
+    loc.add_argument("--kapture-records", type=Path, metavar="DIR", help="with --kapture-out: the query kapture "
+                     "dataset whose records give each image's timestamp and sensor")
     loc.add_argument("--preset", choices=sorted(PRESETS), help="default: the map's own")
     loc.add_argument("--rig", type=Path, metavar="FILE", help="the queries are rig captures (kapture rigs.txt with "
                      "records_camera.txt beside it, or COLMAP rig JSON): each capture is localized as one body")

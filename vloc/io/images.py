@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import cv2
 import numpy as np
@@ -133,3 +133,20 @@ def list_images(directory: Path | str) -> list[str]:
     names = [p.relative_to(directory).as_posix() for p in directory.rglob("*")
              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return sorted(names)
+
+
+def read_images_ahead(directory: Path | str, names: list[str], depth: int = 4) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, read_image(directory / name))`` in order, decoding up to ``depth`` images ahead in a
+    thread (decoding releases the GIL) so a consumer's network does not wait for the decoder; at
+    most ``depth + 1`` images are held at once."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    directory = Path(directory)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vloc-read") as pool:
+        pending = deque(pool.submit(read_image, directory / n) for n in names[:depth])
+        for index, name in enumerate(names):
+            image = pending.popleft().result()
+            if index + depth < len(names):
+                pending.append(pool.submit(read_image, directory / names[index + depth]))
+            yield name, image

@@ -66,3 +66,34 @@ def read_kapture(root: Path | str) -> list[KaptureImage]:
                     pose = s_from_r * poses[(ts, rig_id)]
         images.append(KaptureImage(name, sensor_id, ts, cameras[sensor_id], pose))
     return images
+
+
+def write_kapture_trajectories(path: Path | str, poses: dict[str, pycolmap.Rigid3d],
+                               records: Path | str | None = None) -> int:
+    """Localized queries' ``cam_from_world`` as kapture's ``trajectories.txt``, written by kapture's
+    own writer (the ``kapture`` extra). ``records``: the query kapture dataset whose
+    ``sensors/records_camera.txt`` names the images (its timestamp and sensor id are used, as
+    kapture's tools expect); without it each query gets its line number in the list as timestamp and
+    its name as device id. Returns the number of poses written; a name the records lack is an error."""
+    try:
+        import kapture
+        from kapture.io.csv import records_camera_from_file, trajectories_to_file
+    except ImportError:
+        raise RuntimeError("kapture output needs the `kapture` package: pip install 'vloc[kapture]'") from None
+    keys = {name: (index, name) for index, name in enumerate(poses)}
+    if records is not None:
+        records_file = Path(records) / "sensors" / "records_camera.txt"
+        if not records_file.is_file():
+            raise FileNotFoundError(f"{records_file}: not a kapture dataset's camera records")
+        by_name = {name: (ts, sensor) for ts, sensor, name in kapture.flatten(records_camera_from_file(str(records_file)))}
+        missing = [n for n in poses if n not in by_name]
+        if missing:
+            raise ValueError(f"{records_file}: no record of {len(missing)} localized queries, e.g. {missing[:3]}")
+        keys = {n: by_name[n] for n in poses}
+    trajectories = kapture.Trajectories()
+    for name, pose in poses.items():
+        x, y, z, w = pose.rotation.quat
+        trajectories[keys[name]] = kapture.PoseTransform(r=[w, x, y, z], t=list(pose.translation))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    trajectories_to_file(str(path), trajectories)
+    return len(poses)

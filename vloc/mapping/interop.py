@@ -25,7 +25,7 @@ from tqdm import tqdm
 from vloc.config import Preset, get_preset
 from vloc.features.base import Features
 from vloc.features.colmap_sift import colmap_uint8, unit_descriptors
-from vloc.io.images import read_image
+from vloc.io.images import read_images_ahead
 from vloc.mapping.database import write_database
 from vloc.mapping.manifest import Manifest, Source
 from vloc.mapping.map_dir import atomic_map_dir, load_map, write_map
@@ -165,8 +165,9 @@ def _global_descriptors(images: Path, names: list[str], preset: Preset, device: 
     from vloc.device import resolve_device
 
     model = make_global_model(preset.global_desc, resolve_device(device))
-    return {n: np.asarray(model(read_image(images / n)), np.float32)
-            for n in tqdm(names, desc="global descriptors", unit="img")}
+    return {n: np.asarray(model(image), np.float32)
+            for n, image in tqdm(read_images_ahead(images, names), total=len(names), desc="global descriptors",
+                                 unit="img")}
 
 
 def _write(out: Path, model: pycolmap.Reconstruction, features: Mapping[str, Features], images: Path,
