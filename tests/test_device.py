@@ -83,7 +83,7 @@ def test_every_extractor_follows_its_device(index, delg_file):
     conf = _feature_confs(delg_file)[index]
     extractor = make_extractor(conf, META)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8)
-    if conf.name == "sift":  # OpenCV: the device is accepted and the CPU used
+    if getattr(extractor, "cpu_only", False):  # OpenCV / pycolmap SIFT: the device is accepted, the CPU used
         assert not _modules(extractor) and len(extractor(image)) > 0
         return
     _assert_all_on(extractor, META)

@@ -36,6 +36,7 @@ class ColmapSiftExtractor:
     ``device`` is accepted like every extractor's; pycolmap's CPU extractor runs."""
 
     dim = 128
+    cpu_only = True  # no torch model: the device choice does not apply
 
     def __init__(self, conf: FeatureConf, device: object = "cpu"):
         self.conf = conf

@@ -16,6 +16,7 @@ class SiftExtractor:
     """OpenCV on the CPU: ``device`` is accepted like every extractor's and not used."""
 
     dim = 128
+    cpu_only = True  # no torch model: the device choice does not apply
 
     def __init__(self, conf: FeatureConf, device: object = "cpu"):
         self.conf = conf
