@@ -155,6 +155,13 @@ class PoseConf:
     # median error within max_rival_ratio of the pose's: "ambiguous pose" (vloc.localization.verify); 0 = off
     max_rival_ratio: float = 1.5
     max_rival_deg: float = 5.0
+    # LO-RANSAC rerun on stability_runs random subsets (stability_fraction of the 2D-3D matches, at most
+    # stability_max_points): more than max_unstable_share of them ending over max_rival_deg from the pose
+    # fails it as "unstable pose" (vloc.localization.verify, issue 24); stability_runs = 0 = off
+    stability_runs: int = 20
+    stability_fraction: float = 0.7
+    stability_max_points: int = 256
+    max_unstable_share: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from vloc.localization.models import ModelCache
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.localization.retriever import ImageRetriever
-from vloc.localization.verify import check_pose
+from vloc.localization.verify import check_pose, check_stability
 from vloc.mapping.map_dir import global_conf_in_map, open_map
 from vloc.matching import make_matcher
 
@@ -115,7 +115,10 @@ class Layer:
             res.reason = (f"too few inliers ({res.num_inliers} of {res.num_matches}; need {conf.min_inliers} "
                           f"and ratio {conf.min_inlier_ratio})")
             return
-        res.reason = check_pose(points2D, xyz, res.inlier_mask, estimate.cam_from_world, estimate.camera, conf)
+        t = time.perf_counter()
+        res.reason = (check_pose(points2D, xyz, res.inlier_mask, estimate.cam_from_world, estimate.camera, conf)
+                      or check_stability(points2D, xyz, estimate.cam_from_world, estimate.camera, conf))
+        res.timings["pose"] += time.perf_counter() - t
         if res.reason:
             return
         res.success, res.cam_from_world = True, estimate.cam_from_world

@@ -23,6 +23,16 @@ class PoseEstimate:
         return int(self.inlier_mask.sum())
 
 
+def ransac_options(conf: PoseConf, focal_known: bool = True) -> pycolmap.AbsolutePoseEstimationOptions:
+    """LO-RANSAC's options for a query: the conf's threshold and inlier ratio, vloc's fixed seed."""
+    estimation = pycolmap.AbsolutePoseEstimationOptions()
+    estimation.ransac.max_error = conf.max_error_px
+    estimation.ransac.min_inlier_ratio = conf.min_inlier_ratio
+    estimation.ransac.random_seed = RANSAC_SEED
+    estimation.estimate_focal_length = not focal_known
+    return estimation
+
+
 def estimate_absolute_pose(
     points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera, conf: PoseConf, focal_known: bool,
 ) -> PoseEstimate | None:
@@ -30,11 +40,7 @@ def estimate_absolute_pose(
 
     With ``focal_known=False`` the focal length is estimated with the pose and then refined.
     """
-    estimation = pycolmap.AbsolutePoseEstimationOptions()
-    estimation.ransac.max_error = conf.max_error_px
-    estimation.ransac.min_inlier_ratio = conf.min_inlier_ratio
-    estimation.ransac.random_seed = RANSAC_SEED
-    estimation.estimate_focal_length = not focal_known
+    estimation = ransac_options(conf, focal_known)
     refinement = pycolmap.AbsolutePoseRefinementOptions()
     refinement.refine_focal_length = not focal_known and conf.refine_focal_when_unknown
     camera = pycolmap.Camera(camera.todict())  # pycolmap updates the camera in place when refining
