@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["inlier_residuals", "mirrored_pose", "check_pose", "pose_spread", "check_stability"]
 
 STABILITY_SEED = 0  # the subsets are drawn alike for the same matches, run after run
+STABILITY_MIN_TRIALS = 0  # RANSAC stops at its confidence (pycolmap's default floor is 100 trials)
 
 
 def inlier_residuals(points2D: np.ndarray, points3D: np.ndarray, inlier_mask: np.ndarray,
@@ -139,6 +140,7 @@ def pose_spread(points2D: np.ndarray, points3D: np.ndarray, cam_from_world: pyco
     rng = np.random.default_rng(STABILITY_SEED)
     size = min(int(round(conf.stability_fraction * len(uv))), conf.stability_max_points)
     options, refinement = ransac_options(conf), pycolmap.AbsolutePoseRefinementOptions()
+    options.ransac.min_num_trials = STABILITY_MIN_TRIALS
     refinement.refine_focal_length = False
     camera = pycolmap.Camera(camera.todict())
     out = np.full(conf.stability_runs, np.nan)
