@@ -161,7 +161,7 @@ class PoseConf:
     stability_runs: int = 20
     stability_fraction: float = 0.7
     stability_max_points: int = 128
-    max_unstable_share: float = 0.2
+    max_unstable_share: float = 0.3
 
 
 @dataclass(frozen=True)
