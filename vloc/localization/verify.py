@@ -32,10 +32,12 @@ steps, 3-7 deg, SIFT and XFeat) are poses that the matches barely decide between
 about as many of them (on temple 22 of the same 39 within 8 px). :func:`check_stability` asks the
 matches again: LO-RANSAC on ``PoseConf.stability_runs`` (20) random subsets of
 ``stability_fraction`` (70 %) of them. For every right pose measured (kitti, virtual_gallery, lund,
-sacre_coeur, 7scenes, temple and its swapped split; every preset) at most 4 of the 20 runs ended
-more than ``max_rival_deg`` (5 deg) away (temple: ALIKED's 0004, accurate's SIFT layer on 0012),
-nearly all none; for the wrong ones 9 to 16. More than ``max_unstable_share`` (0.3, i.e. 6
-of 20) of the runs away fails the query as "unstable pose". Subsets hold at most
+sacre_coeur, 7scenes, temple and its swapped split; docs/benchmarks.md) at most 4 of the 20 runs
+ended more than ``max_rival_deg`` (5 deg) away (temple: ALIKED's 0004, accurate's SIFT layer on
+0012), nearly all none; for the wrong poses it fails, 9 to 16. More than ``max_unstable_share``
+(0.3, i.e. 6 of 20) of the runs away fails the query as "unstable pose". (DISK's wrong poses on
+temple-swapped, at a map camera's pose across the symmetric temple, are stable: not this kind.)
+Subsets hold at most
 ``stability_max_points`` (128) matches, and a subset's pose is refined only when it ends away, which
 bounds the cost on well-matched queries (20 LO-RANSACs on at most 128 matches; docs/benchmarks.md).
 """
