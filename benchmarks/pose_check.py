@@ -219,14 +219,20 @@ def reported(localizer: Localizer, layers: list[LocalizationResult]) -> Localiza
     return choose_layer_result(first, layers[1], localizer.preset.fallback)
 
 
-def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool, stability: bool = True) -> list[dict]:
-    """One row per query: status, errors, verdict and signals."""
+def load_localizer(ds: PreparedSet, preset_name: str, work: Path) -> Localizer:
+    """The preset's map of ``ds`` under ``work`` (named as ``benchmarks/localization.py`` names it),
+    built at the set's known poses when it is not there, loaded."""
     preset = get_preset(preset_name)
     layer_tag = f"+{preset.fallback.preset}" if preset.fallback.preset else ""
     map_dir = work / f"{ds.name}-{Path(preset.features_file).stem}{layer_tag}"
     if not map_dir.exists():
         build_map(ds.images, map_dir, preset, reference=ds.ref_model)
-    localizer = Localizer.load(map_dir, preset)
+    return Localizer.load(map_dir, preset)
+
+
+def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool, stability: bool = True) -> list[dict]:
+    """One row per query: status, errors, verdict and signals."""
+    localizer = load_localizer(ds, preset_name, work)
     off = {} if verify else dict(max_median_residual=0.0, max_rival_ratio=0.0)
     off.update({} if verify and stability else dict(stability_runs=0))
     for layer in localizer.layers:

@@ -21,21 +21,16 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from vloc.config import PRESETS, get_preset
+from pose_check import load_localizer  # benchmarks/ is the script's folder
+from vloc.config import PRESETS
 from vloc.evaluation.timing import set_root
 from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
-from vloc.localization.localizer import Localizer
-from vloc.mapping.build import build_map
 
 
 def measure(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
-    ds, preset = open_prepared(root), get_preset(preset_name)
-    layer = f"+{preset.fallback.preset}" if preset.fallback.preset else ""
-    map_dir = work / f"{ds.name}-{Path(preset.features_file).stem}{layer}"
-    if not map_dir.exists():
-        build_map(ds.images, map_dir, preset, reference=ds.ref_model)
-    localizer = Localizer.load(map_dir, preset)
+    ds = open_prepared(root)
+    localizer = load_localizer(ds, preset_name, work)
     confs = {"on": {layer: layer.preset for layer in localizer.layers},
              "off": {layer: dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, stability_runs=0))
                      for layer in localizer.layers}}

@@ -68,6 +68,21 @@ def read_kapture(root: Path | str) -> list[KaptureImage]:
     return images
 
 
+def kapture_package():
+    """NAVER's ``kapture`` package (the ``kapture`` extra), or an error naming what to install."""
+    try:
+        import kapture
+    except ImportError:
+        raise RuntimeError("kapture datasets need the `kapture` package: pip install 'vloc[kapture]'") from None
+    return kapture
+
+
+def pose_transform(cam_from_world: pycolmap.Rigid3d):
+    """``cam_from_world`` as kapture's ``PoseTransform`` (its quaternion is w, x, y, z)."""
+    x, y, z, w = cam_from_world.rotation.quat
+    return kapture_package().PoseTransform(r=[w, x, y, z], t=list(cam_from_world.translation))
+
+
 def write_kapture_trajectories(path: Path | str, poses: dict[str, pycolmap.Rigid3d],
                                records: Path | str | None = None) -> int:
     """Localized queries' ``cam_from_world`` as kapture's ``trajectories.txt``, written by kapture's
@@ -75,11 +90,9 @@ def write_kapture_trajectories(path: Path | str, poses: dict[str, pycolmap.Rigid
     ``sensors/records_camera.txt`` names the images (its timestamp and sensor id are used, as
     kapture's tools expect); without it each query gets its line number in the list as timestamp and
     its name as device id. Returns the number of poses written; a name the records lack is an error."""
-    try:
-        import kapture
-        from kapture.io.csv import records_camera_from_file, trajectories_to_file
-    except ImportError:
-        raise RuntimeError("kapture output needs the `kapture` package: pip install 'vloc[kapture]'") from None
+    kapture = kapture_package()
+    from kapture.io.csv import records_camera_from_file, trajectories_to_file
+
     keys = {name: (index, name) for index, name in enumerate(poses)}
     if records is not None:
         records_file = Path(records) / "sensors" / "records_camera.txt"
@@ -92,8 +105,7 @@ def write_kapture_trajectories(path: Path | str, poses: dict[str, pycolmap.Rigid
         keys = {n: by_name[n] for n in poses}
     trajectories = kapture.Trajectories()
     for name, pose in poses.items():
-        x, y, z, w = pose.rotation.quat
-        trajectories[keys[name]] = kapture.PoseTransform(r=[w, x, y, z], t=list(pose.translation))
+        trajectories[keys[name]] = pose_transform(pose)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     trajectories_to_file(str(path), trajectories)
     return len(poses)

@@ -19,6 +19,7 @@ import numpy as np
 import pycolmap
 
 from vloc.config import get_preset
+from vloc.io.kapture import kapture_package, pose_transform
 from vloc.mapping.build import build_map
 from vloc.mapping.manifest import Manifest
 from vloc.mapping.map_dir import load_map
@@ -27,11 +28,10 @@ logger = logging.getLogger(__name__)
 
 
 def _kapture():
-    try:
-        import kapture
-        from kapture.io.csv import kapture_from_dir, kapture_to_dir
-    except ImportError:
-        raise RuntimeError("kapture datasets need the `kapture` package: pip install 'vloc[kapture]'") from None
+    """kapture and its text loader and writer."""
+    kapture = kapture_package()
+    from kapture.io.csv import kapture_from_dir, kapture_to_dir
+
     return kapture, kapture_from_dir, kapture_to_dir
 
 
@@ -109,10 +109,8 @@ def export_kapture(map_dir: Path | str, out: Path | str) -> Path:
             kapture.CameraType[camera.model.name], [camera.width, camera.height, *map(float, camera.params)])
     images = sorted((im for im in model.images.values() if im.has_pose), key=lambda im: im.name)
     for timestamp, im in enumerate(images):
-        pose = im.cam_from_world()
-        x, y, z, w = pose.rotation.quat
         sensor_id = f"camera_{im.camera_id}"
-        trajectories[timestamp, sensor_id] = kapture.PoseTransform(r=[w, x, y, z], t=list(pose.translation))
+        trajectories[timestamp, sensor_id] = pose_transform(im.cam_from_world())
         records[timestamp, sensor_id] = im.name
     kapture_to_dir(str(out), kapture.Kapture(sensors=sensors, trajectories=trajectories, records_camera=records))
     logger.info("%s: kapture dataset of %s (%d images)", out, map_dir, len(images))
