@@ -31,9 +31,9 @@ from vloc.io.datasets import open_prepared
 def measure(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
     ds = open_prepared(root)
     localizer = load_localizer(ds, preset_name, work)
-    confs = {"on": {layer: layer.preset for layer in localizer.layers},
-             "off": {layer: dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, stability_runs=0))
-                     for layer in localizer.layers}}
+    off = {layer: dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, stability_runs=0))
+           for layer in localizer.layers}
+    confs = {"on": {layer: layer.preset for layer in localizer.layers}, "off": off}
     queries = read_queries(ds.queries)
     localizer.localize(ds.images / queries[0].name, queries[0].camera)  # warm-up
     total: dict[str, list[float]] = {"on": [], "off": []}
@@ -74,7 +74,8 @@ def main() -> None:
         for preset in args.presets:
             r = measure(set_root(name, args.data, args.work), preset, args.work, args.repeat)
             cell = {k: f"{r[k][0]:7.1f}/{r[k][1]:7.1f}" for k in ("total_on", "total_off", "pose_on", "pose_off")}
-            print(f"{r['set']:<16}{r['preset']:<10}{r['n']:>5}{r['loc_on']:>6}/{r['loc_off']:<5}  {cell['total_on']:>16}"
+            print(f"{r['set']:<16}{r['preset']:<10}{r['n']:>5}{r['loc_on']:>6}/{r['loc_off']:<5}"
+                  f"  {cell['total_on']:>16}"
                   f"  {cell['total_off']:>16}  {cell['pose_on']:>16}  {cell['pose_off']:>16}"
                   f"  {r['pose_on'][0] - r['pose_off'][0]:7.1f}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}  (times: median/p90 over the runs; test: the pose stage's "

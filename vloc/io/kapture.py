@@ -98,7 +98,8 @@ def write_kapture_trajectories(path: Path | str, poses: dict[str, pycolmap.Rigid
         records_file = Path(records) / "sensors" / "records_camera.txt"
         if not records_file.is_file():
             raise FileNotFoundError(f"{records_file}: not a kapture dataset's camera records")
-        by_name = {name: (ts, sensor) for ts, sensor, name in kapture.flatten(records_camera_from_file(str(records_file)))}
+        records_camera = records_camera_from_file(str(records_file))
+        by_name = {name: (ts, sensor) for ts, sensor, name in kapture.flatten(records_camera)}
         missing = [n for n in poses if n not in by_name]
         if missing:
             raise ValueError(f"{records_file}: no record of {len(missing)} localized queries, e.g. {missing[:3]}")

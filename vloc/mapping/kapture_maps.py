@@ -74,7 +74,8 @@ def import_kapture(kapture_dir: Path | str, out: Path | str, preset: str = "sift
     for timestamp, sensor_id, filename in kapture.flatten(data.records_camera, is_sorted=True):
         sensor = data.sensors.get(sensor_id)
         if sensor is None or sensor.sensor_type != "camera":
-            raise ValueError(f"{kapture_dir}: record {filename} names sensor {sensor_id!r}, not a camera of sensors.txt")
+            raise ValueError(f"{kapture_dir}: record {filename} names sensor {sensor_id!r}, "
+                             "not a camera of sensors.txt")
         if timestamp not in trajectories or sensor_id not in trajectories[timestamp]:
             unposed.append(filename)
             continue
