@@ -25,14 +25,17 @@ that failed, of the last pose it rejected:
 - ``lay``: the rotation between the two layers' poses, for a preset with a fallback layer when both
   localize (degrees);
 - ``uns``: of ``PoseConf.stability_runs`` LO-RANSAC runs on random subsets of the matches, how many
-  ended more than ``max_rival_deg`` from the pose (the "unstable pose" test).
+  ended more than ``max_rival_deg`` from the pose (the "unstable pose" test);
+- ``view``: among the retrieved images whose matches alone give LO-RANSAC a pose with at least
+  ``min_inliers`` inliers, more than the pose explains of them, the farthest such pose (degrees), and
+  ``vown`` its inliers (the rival-image test, ``PoseConf.max_view_rival_deg``).
 
 ``--splits`` adds selections of temple's 16-view ring (all 16 poses are known): ``ring4`` (map =
 every 4th view, queries the others: 90 deg between map views), ``ring4b`` (the same, shifted by 2),
 ``half`` (map = views 1-8, queries 9-16: outside the map's arc), ``odd3`` (map = views 1, 4, 7, ...:
 67.5 deg). ``--no-verify`` turns the pose check off (``PoseConf.max_median_residual``,
 ``max_rival_ratio`` and ``stability_runs`` = 0) to see the signals of the poses it rejects;
-``--no-stability`` turns off only the "unstable pose" test (the check as it was before it).
+``--no-stability`` turns off only the "unstable pose" test, ``--no-views`` only the rival-image test.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ import numpy as np
 import pycolmap
 from scipy.spatial import ConvexHull, QhullError
 
-from vloc.config import PRESETS, get_preset
+from vloc.config import PRESETS, PoseConf, get_preset
 from vloc.evaluation.metrics import in_percent, pose_error, thresholds_for
 from vloc.evaluation.timing import set_root
 from vloc.io.cameras import camera_to_fields, read_queries
@@ -59,7 +62,7 @@ from vloc.localization.layer import Layer
 from vloc.localization.localizer import Localizer, choose_layer_result
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.localization.result import LocalizationResult
-from vloc.localization.verify import inlier_residuals, mirrored_pose, pose_spread
+from vloc.localization.verify import inlier_residuals, mirrored_pose, pose_spread, view_rivals
 from vloc.mapping.build import build_map
 
 THRESHOLDS = ((2.0, 2.0), (5.0, 5.0))  # relative sets: % of the scene scale; others: the set's unit
@@ -191,9 +194,15 @@ def signals(res: LocalizationResult, layer: Layer, scale: float) -> dict[str, fl
     alt, alt_deg = rival(res, xyz, layer)
     gpos, grot, depth = dilution(res, xyz, scale)
     mir, mir_deg = mirror(res, xyz)
-    conf = dataclasses.replace(layer.preset.pose, stability_runs=layer.preset.pose.stability_runs or 20)
+    pose_conf = layer.preset.pose
+    conf = dataclasses.replace(pose_conf, stability_runs=pose_conf.stability_runs or 20,
+                               max_view_rival_deg=pose_conf.max_view_rival_deg or PoseConf.max_view_rival_deg)
     uns = int(np.sum(pose_spread(res.points2D, xyz, res.cam_from_world, res.camera, conf) > conf.max_rival_deg))
-    return dict(uns=uns, gpos=gpos, grot=grot, depth=depth, mir=mir, mirR=mir_deg, inl=res.num_inliers,
+    groups = list(layer.image_groups(res.point3D_ids, [layer.store.row(n) for n in res.retrieved]).values())
+    rivals = [r for r in view_rivals(res.points2D, xyz, groups, res.cam_from_world, res.camera, conf) if r[0] > r[1]]
+    view, vown = max(((r[2], r[0]) for r in rivals), default=(float("nan"), 0))
+    return dict(uns=uns, view=view, vown=vown, gpos=gpos, grot=grot,
+                depth=depth, mir=mir, mirR=mir_deg, inl=res.num_inliers,
                 ratio=res.inlier_ratio, hull=hull_percent(res.points2D[inl], res.camera),
                 res=float(np.median(residuals(res, xyz, inl))) / layer.preset.pose.max_error_px,
                 sig=unc["position_sigma"] / scale, sigR=unc["rotation_sigma_deg"],
@@ -230,11 +239,13 @@ def load_localizer(ds: PreparedSet, preset_name: str, work: Path) -> Localizer:
     return Localizer.load(map_dir, preset)
 
 
-def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool, stability: bool = True) -> list[dict]:
+def check_set(ds: PreparedSet, preset_name: str, work: Path, verify: bool, stability: bool = True,
+              views: bool = True) -> list[dict]:
     """One row per query: status, errors, verdict and signals."""
     localizer = load_localizer(ds, preset_name, work)
     off = {} if verify else dict(max_median_residual=0.0, max_rival_ratio=0.0)
     off.update({} if verify and stability else dict(stability_runs=0))
+    off.update({} if verify and views else dict(max_view_rival_deg=0.0))
     for layer in localizer.layers:
         layer.preset = dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, **off))
     thresholds, unit, unit_length = thresholds_for(ds.meta, THRESHOLDS if in_percent(ds.meta) else THRESHOLDS_METRIC)
@@ -275,7 +286,7 @@ def print_rows(rows: list[dict]) -> None:
         sig = "".join(f"{r.get(k, float('nan')):>{w}.{p}f}" for k, w, p in (
             ("inl", 5, 0), ("ratio", 6, 2), ("hull", 6, 1), ("res", 6, 2), ("sig", 7, 2), ("sigR", 6, 2),
             ("vis", 6, 2), ("alt", 5, 0), ("altR", 6, 1), ("lay", 6, 1), ("gpos", 7, 3), ("grot", 7, 3),
-            ("depth", 6, 3), ("mir", 7, 2), ("mirR", 6, 1), ("uns", 4, 0)))
+            ("depth", 6, 3), ("mir", 7, 2), ("mirR", 6, 1), ("uns", 4, 0), ("view", 6, 1), ("vown", 5, 0)))
         print(f"{r['set']:<16}{r['preset']:<10}{r['query'][-24:]:<26}{r['status']:<6}{r['layer']:<9}{err:>17} "
               f"{r['verdict']:<6}{sig}  {r['reason'][:70]}")
 
@@ -300,9 +311,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="maps are kept here and reused")
     parser.add_argument("--no-verify", action="store_true",
                         help="turn the pose check off (PoseConf.max_median_residual = max_rival_ratio = "
-                        "stability_runs = 0)")
+                        "stability_runs = max_view_rival_deg = 0)")
     parser.add_argument("--no-stability", action="store_true",
                         help="turn off only the unstable-pose test (PoseConf.stability_runs = 0)")
+    parser.add_argument("--no-views", action="store_true",
+                        help="turn off only the rival-image test (PoseConf.max_view_rival_deg = 0)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -318,7 +331,7 @@ def main() -> None:
     rows = []
     for ds in sets:
         for preset in args.presets:
-            new = check_set(ds, preset, args.work, not args.no_verify, not args.no_stability)
+            new = check_set(ds, preset, args.work, not args.no_verify, not args.no_stability, not args.no_views)
             print_rows(new)
             rows += new
     print()

@@ -162,6 +162,9 @@ class PoseConf:
     stability_fraction: float = 0.7
     stability_max_points: int = 128
     max_unstable_share: float = 0.3
+    # a retrieved image whose matches alone give LO-RANSAC a pose with >= min_inliers inliers, more than the
+    # pose explains of them, over max_view_rival_deg away: "ambiguous pose" (vloc.localization.verify); 0 = off
+    max_view_rival_deg: float = 15.0
 
 
 @dataclass(frozen=True)

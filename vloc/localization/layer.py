@@ -20,7 +20,7 @@ from vloc.localization.models import ModelCache
 from vloc.localization.pose import estimate_absolute_pose
 from vloc.localization.result import LocalizationResult, Prior
 from vloc.localization.retriever import ImageRetriever
-from vloc.localization.verify import check_pose, check_stability
+from vloc.localization.verify import check_pose, check_stability, check_views
 from vloc.mapping.map_dir import global_conf_in_map, open_map
 from vloc.matching import make_matcher
 
@@ -116,10 +116,21 @@ class Layer:
                           f"and ratio {conf.min_inlier_ratio})")
             return
         t = time.perf_counter()
-        res.reason = (check_pose(points2D, xyz, res.inlier_mask, estimate.cam_from_world, estimate.camera, conf)
-                      or check_stability(points2D, xyz, estimate.cam_from_world, estimate.camera, conf))
+        pose, camera = estimate.cam_from_world, estimate.camera
+        res.reason = (check_pose(points2D, xyz, res.inlier_mask, pose, camera, conf)
+                      or check_views(points2D, xyz, self.image_groups(pairs[:, 1], rows), pose, camera, conf)
+                      or check_stability(points2D, xyz, pose, camera, conf))
         res.timings["pose"] += time.perf_counter() - t
         if res.reason:
             return
         res.success, res.cam_from_world = True, estimate.cam_from_world
         res.camera, res.covariance = estimate.camera, estimate.covariance
+
+    def image_groups(self, point3D_ids: np.ndarray, rows) -> dict[str, np.ndarray]:
+        """For the map image rows ``rows``: name -> ``(K,)`` bool mask of the ``(K,)`` matched point3D ids
+        that the image observes (a point several images observe is in each of their groups)."""
+        groups = {}
+        for row in rows:
+            seen = self.store.image_point3D_ids(int(row))
+            groups[self.store.name(int(row))] = np.isin(point3D_ids, seen[seen >= 0])
+        return groups
