@@ -1,9 +1,11 @@
-"""What the unstable-pose test costs per query (issue 24 item 1): the same warm Localizer with
-``PoseConf.stability_runs`` as configured and with 0, queries interleaved (on, off, on, off, ...) so
-that both see the same load.
+"""What a test of the pose check costs per query (issue 24 item 1): the same warm Localizer with the
+test as configured and turned off, queries interleaved (on, off, on, off, ...) so that both see the
+same load. ``--test stability``: the unstable-pose test (``PoseConf.stability_runs`` = 0 when off);
+``views``: the rival-image test (``max_view_rival_deg`` = 0); ``both``.
 
     python benchmarks/pose_check_cost.py [--sets kitti 7scenes lund] [--presets sift fast]
-                                         [--data ../shared/data] --work DIR [--repeat 3]
+                                         [--test stability|views|both] [--data ../shared/data] --work DIR
+                                         [--repeat 3]
 
 Maps are built (or reused) under ``--work`` with the names ``benchmarks/localization.py`` and
 ``benchmarks/pose_check.py`` use. One row per set and preset: median and p90 of the whole query's
@@ -28,10 +30,14 @@ from vloc.io.cameras import read_queries
 from vloc.io.datasets import open_prepared
 
 
-def measure(root: Path, preset_name: str, work: Path, repeat: int) -> dict:
+OFF = {"stability": dict(stability_runs=0), "views": dict(max_view_rival_deg=0.0),
+       "both": dict(stability_runs=0, max_view_rival_deg=0.0)}
+
+
+def measure(root: Path, preset_name: str, work: Path, repeat: int, test: str) -> dict:
     ds = open_prepared(root)
     localizer = load_localizer(ds, preset_name, work)
-    off = {layer: dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, stability_runs=0))
+    off = {layer: dataclasses.replace(layer.preset, pose=dataclasses.replace(layer.preset.pose, **OFF[test]))
            for layer in localizer.layers}
     confs = {"on": {layer: layer.preset for layer in localizer.layers}, "off": off}
     queries = read_queries(ds.queries)
@@ -64,15 +70,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("VLOC_DATA", "../shared/data")))
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--test", choices=sorted(OFF), default="stability", help="which test is turned off")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     pycolmap.logging.minloglevel = 2
-    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}; test on and off: {args.test}")
     print(f"{'set':<16}{'preset':<10}{'runs':>5}{'loc on/off':>12}  {'total ms on':>16}  {'total ms off':>16}"
           f"  {'pose ms on':>16}  {'pose ms off':>16}  {'test':>8}")
     for name in args.sets:
         for preset in args.presets:
-            r = measure(set_root(name, args.data, args.work), preset, args.work, args.repeat)
+            r = measure(set_root(name, args.data, args.work), preset, args.work, args.repeat, args.test)
             cell = {k: f"{r[k][0]:7.1f}/{r[k][1]:7.1f}" for k in ("total_on", "total_off", "pose_on", "pose_off")}
             print(f"{r['set']:<16}{r['preset']:<10}{r['n']:>5}{r['loc_on']:>6}/{r['loc_off']:<5}"
                   f"  {cell['total_on']:>16}"
