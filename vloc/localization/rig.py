@@ -9,7 +9,8 @@ carries the others. Each camera's pose is ``sensor_from_rig * rig_from_world``.
 A rig pose is reported as localized when the pooled inliers pass the same thresholds as a single
 query's (``PoseConf.min_inliers``, ``min_inlier_ratio``) and each camera with that many inliers
 of its own passes the single-query check of :func:`vloc.localization.verify.check_pose` (its
-residual and mirror tests; the unstable-pose test of ``check_stability`` is for single queries).
+residual and mirror tests; the unstable-pose and rival-image tests, ``check_stability`` and
+``check_views``, are for single queries).
 Intrinsics are required for every camera (given, or EXIF): the rig solver estimates no focal
 length. A fallback layer is not used.
 """
