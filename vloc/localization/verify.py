@@ -147,6 +147,33 @@ def _rival(points2D: np.ndarray, points3D: np.ndarray, inlier_mask: np.ndarray, 
             f"reprojection error {rival:.2f} px vs {median:.2f} px, within {conf.max_rival_ratio:g}x)")
 
 
+def _part_setup(conf: PoseConf, camera: pycolmap.Camera) -> tuple[pycolmap.AbsolutePoseEstimationOptions,
+                                                                   pycolmap.AbsolutePoseRefinementOptions,
+                                                                   pycolmap.Camera]:
+    """LO-RANSAC's options for parts of the matches (no trial floor), refinement with the intrinsics
+    held, and a copy of the camera."""
+    options, refinement = ransac_options(conf), pycolmap.AbsolutePoseRefinementOptions()
+    options.ransac.min_num_trials = STABILITY_MIN_TRIALS
+    refinement.refine_focal_length = False
+    return options, refinement, pycolmap.Camera(camera.todict())
+
+
+def _part_pose(uv: np.ndarray, xyz: np.ndarray, camera: pycolmap.Camera,
+               options: pycolmap.AbsolutePoseEstimationOptions, refinement: pycolmap.AbsolutePoseRefinementOptions,
+               reference: pycolmap.Rigid3d, away_deg: float, min_inliers: float) -> tuple[int, float] | None:
+    """LO-RANSAC on one part of the matches ``(K, 2)`` / ``(K, 3)``: ``(inliers, degrees from
+    reference)``, its pose refined on its inliers only when it ends over ``away_deg`` away (the cost of
+    a part is RANSAC's); None when it finds no pose with ``min_inliers``."""
+    found = pycolmap.estimate_absolute_pose(uv, xyz, camera, estimation_options=options)
+    if found is None or int(np.sum(found["inlier_mask"])) < min_inliers:
+        return None
+    pose = found["cam_from_world"]
+    if rotation_angle_deg(pose, reference) > away_deg:
+        refined = pycolmap.refine_absolute_pose(pose, uv, xyz, found["inlier_mask"], camera, refinement)
+        pose = pose if refined is None else refined["cam_from_world"]
+    return int(np.sum(found["inlier_mask"])), rotation_angle_deg(pose, reference)
+
+
 def pose_spread(points2D: np.ndarray, points3D: np.ndarray, cam_from_world: pycolmap.Rigid3d,
                 camera: pycolmap.Camera, conf: PoseConf) -> np.ndarray:
     """Degrees between the pose and LO-RANSAC's pose on each of ``conf.stability_runs`` random subsets
@@ -156,22 +183,14 @@ def pose_spread(points2D: np.ndarray, points3D: np.ndarray, cam_from_world: pyco
     uv, xyz = np.asarray(points2D, np.float64), np.asarray(points3D, np.float64)
     rng = np.random.default_rng(STABILITY_SEED)
     size = min(int(round(conf.stability_fraction * len(uv))), conf.stability_max_points)
-    options, refinement = ransac_options(conf), pycolmap.AbsolutePoseRefinementOptions()
-    options.ransac.min_num_trials = STABILITY_MIN_TRIALS
-    refinement.refine_focal_length = False
-    camera = pycolmap.Camera(camera.todict())
+    options, refinement, camera = _part_setup(conf, camera)
     out = np.full(conf.stability_runs, np.nan)
     for run in range(conf.stability_runs):
         pick = rng.choice(len(uv), size, replace=False)
-        found = pycolmap.estimate_absolute_pose(uv[pick], xyz[pick], camera, estimation_options=options)
-        if found is None or int(np.sum(found["inlier_mask"])) < conf.stability_fraction * conf.min_inliers:
-            continue
-        out[run] = rotation_angle_deg(found["cam_from_world"], cam_from_world)
-        if out[run] > conf.max_rival_deg:  # only a pose that left is refined (the cost of a run is RANSAC's)
-            refined = pycolmap.refine_absolute_pose(found["cam_from_world"], uv[pick], xyz[pick], found["inlier_mask"],
-                                                    camera, refinement)
-            if refined is not None:
-                out[run] = rotation_angle_deg(refined["cam_from_world"], cam_from_world)
+        part = _part_pose(uv[pick], xyz[pick], camera, options, refinement, cam_from_world, conf.max_rival_deg,
+                          conf.stability_fraction * conf.min_inliers)
+        if part is not None:
+            out[run] = part[1]
     return out
 
 
@@ -199,25 +218,15 @@ def view_rivals(points2D: np.ndarray, points3D: np.ndarray, groups: list[np.ndar
     all explained) or LO-RANSAC finds no pose. The own pose is refined only when it ends away."""
     uv, xyz = np.asarray(points2D, np.float64), np.asarray(points3D, np.float64)
     explained = inlier_residuals(uv, xyz, np.ones(len(uv), bool), cam_from_world, camera) <= conf.max_error_px
-    options, refinement = ransac_options(conf), pycolmap.AbsolutePoseRefinementOptions()
-    options.ransac.min_num_trials = STABILITY_MIN_TRIALS
-    refinement.refine_focal_length = False
-    camera = pycolmap.Camera(camera.todict())
+    options, refinement, camera = _part_setup(conf, camera)
     out = []
     for group in groups:
         size, fits = int(group.sum()), int(np.sum(explained & group))
-        found = None
+        part = None
         if size >= conf.min_inliers and fits < size:
-            found = pycolmap.estimate_absolute_pose(uv[group], xyz[group], camera, estimation_options=options)
-        if found is None or int(np.sum(found["inlier_mask"])) < conf.min_inliers:
-            out.append((0, fits, float("nan")))
-            continue
-        pose, own = found["cam_from_world"], int(np.sum(found["inlier_mask"]))
-        if rotation_angle_deg(pose, cam_from_world) > conf.max_view_rival_deg:
-            refined = pycolmap.refine_absolute_pose(pose, uv[group], xyz[group], found["inlier_mask"], camera,
-                                                    refinement)
-            pose = pose if refined is None else refined["cam_from_world"]
-        out.append((own, fits, rotation_angle_deg(pose, cam_from_world)))
+            part = _part_pose(uv[group], xyz[group], camera, options, refinement, cam_from_world,
+                              conf.max_view_rival_deg, conf.min_inliers)
+        out.append((0, fits, float("nan")) if part is None else (part[0], fits, part[1]))
     return out
 
 
