@@ -40,19 +40,20 @@ temple-swapped are stable: the next test's kind.) Subsets hold at most
 ``stability_max_points`` (128) matches, and a subset's pose is refined only when it ends away, which
 bounds the cost on well-matched queries (20 LO-RANSACs on at most 128 matches; docs/benchmarks.md).
 
-A wrong pose can also be stable when the matches of the retrieved images tell two stories: on
-temple's swapped split DISK placed 0001 and 0011 (one view taken twice) at the pose of their
-neighbour templeSR0010, 23 deg along the ring (38 % / 23 deg off), with 82 inliers, 79 of them on
-0010's points, and 0013 at 0010's pose too (163 deg off). The top-ranked image for 0001, 0002, its
-other neighbour, told another story: its matches alone give LO-RANSAC a pose 23 deg away with 47 inliers, of which
-the reported pose explains 39. :func:`check_views` asks each retrieved image alone: an image whose
-matches give a pose with at least ``min_inliers`` inliers, more of them than the reported pose
-explains, more than ``PoseConf.max_view_rival_deg`` (15 deg) away, fails the query as "ambiguous
-pose". Measured (docs/benchmarks.md): the three wrong DISK poses have such images at 22.7, 23.0 and
-75.5 deg; over the other 394 localized queries of every shared set and preset (before the test),
-the farthest such image of a right pose was 8.3 deg away (7scenes, sift), of a loose one 9.6-9.7 deg
-(lund 21.jpg with ALIKED; temple 0014 with accurate): own poses from a part of the view, imprecise
-but of the same place. 15 deg lies 1.5x from both sides.
+A wrong pose can also be stable when the retrieved images' matches tell two stories: on temple's
+swapped split DISK placed 0001 and 0011 (one view taken twice) at the pose of their neighbour
+templeSR0010, 23 deg along the ring (38 % / 23 deg off), with 82 inliers, 79 of them on 0010's
+points, and 0013 at 0010's pose too (163 deg off). For 0001 the top-ranked image, 0002, its other
+neighbour, told another story: its matches alone give LO-RANSAC a pose 23 deg away with 47
+inliers, of which the reported pose explains 39. :func:`check_views` asks each retrieved image
+alone: an image whose matches give a pose with at least ``min_inliers`` inliers, more of them than
+the reported pose explains, more than ``PoseConf.max_view_rival_deg`` (15 deg) away, fails the
+query as "ambiguous pose". Measured (docs/benchmarks.md, "The rival-image test"): the three wrong
+DISK poses have such images at 22.7, 23.0 and 75.5 deg; over every other localized query of the
+shared sets and presets, the farthest such image of a right pose was 8.0 deg away (7scenes,
+colmap), of a loose one 9.6-9.7 deg (lund 21.jpg with ALIKED; temple 0014 with accurate): own poses
+from a part of the view, imprecise but of the same place. 15 deg lies between, 1.5x below the
+wrong ones.
 """
 from __future__ import annotations
 
